@@ -1,0 +1,107 @@
+"""Newsletter double-opt-in service."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import sys
+from pathlib import Path
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: dict | None = None, environ: dict | None = None) -> Flask:
+    """Create the app from the environment (or ``environ``), then apply ``test_config``."""
+    from newsletter import config as config_module
+    from newsletter import embedded_redis
+    from newsletter.extensions import csrf, db, init_redis, limiter, limiter_storage_uri, mail, migrate
+
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+    )
+    if environ is None:
+        environ = _environ()
+    instance = environ.get("NEWSLETTER_INSTANCE") or app.instance_path
+    app.instance_path = str(Path(instance).resolve())
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    try:
+        app.config.update(config_module.load(environ, app.instance_path))
+    except config_module.ConfigError as exc:
+        if test_config is not None and test_config.get("RAISE_CONFIG_ERRORS"):
+            raise
+        sys.exit(f"newsletter: configuration error: {exc}")
+    if test_config:
+        app.config.update(test_config)
+
+    redis_url = app.config["REDIS_URL"]
+    if not redis_url:
+        redis_url = embedded_redis.ensure_running(app.instance_path)
+        app.config["REDIS_URL"] = redis_url
+    app.config.setdefault("RATELIMIT_STORAGE_URI", limiter_storage_uri(redis_url))
+    app.config.setdefault("RATELIMIT_STORAGE_OPTIONS", {"socket_timeout": 5})
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_access_log()
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"))
+    mail.init_app(app)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    init_redis(app, redis_url)
+
+    from newsletter import cli, public, security
+
+    security.init_app(app)
+    app.register_blueprint(public.bp)
+    cli.init_app(app)
+    _register_optional_blueprints(app)
+    return app
+
+
+def _environ() -> dict:
+    import os
+
+    return dict(os.environ)
+
+
+def _register_optional_blueprints(app: Flask) -> None:
+    """Register the areas that live in their own modules."""
+    import importlib
+
+    for module_name in ("newsletter.manage", "newsletter.api", "newsletter.admin", "newsletter.dev"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.init_app(app)
+
+
+def _quiet_access_log() -> None:
+    """Werkzeug's access log prints request paths, and token paths are secrets."""
+    from newsletter.logs import RedactTokens
+
+    logging.getLogger("werkzeug").addFilter(RedactTokens())
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
+    """Per-connection SQLite settings: WAL, enforced foreign keys, physical erasure."""
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA secure_delete=ON")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.close()

@@ -1,0 +1,73 @@
+"""Email addresses: validation, normalisation, the form we send to, and keyed hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+
+from email_validator import EmailNotValidError, validate_email
+from flask import current_app
+
+
+class InvalidAddress(ValueError):
+    """The address cannot be used; the message says why, in words for the visitor."""
+
+
+def normalize(raw: str, *, check_deliverability: bool | None = None) -> str:
+    """Return the address as we store it, or raise InvalidAddress.
+
+    The domain is lowercased by email-validator; we lowercase the local part too, since
+    no mailbox provider we send to treats ``Alice`` and ``alice`` as two people and one
+    person must not hold two subscriptions.
+    """
+    if any(c in raw for c in "\r\n\0"):
+        raise InvalidAddress("An email address cannot contain line breaks.")
+    candidate = raw.strip()
+    if not candidate:
+        raise InvalidAddress("Please enter your email address.")
+    if check_deliverability is None:
+        check_deliverability = current_app.config["EMAIL_CHECK_DELIVERABILITY"]
+    try:
+        result = validate_email(
+            candidate,
+            check_deliverability=check_deliverability,
+            allow_smtputf8=False,  # Flask-Mail/smtplib cannot send to non-ASCII local parts
+            strict=True,  # also enforce the 64-character limit of the local part
+        )
+    except EmailNotValidError as exc:
+        raise InvalidAddress(str(exc)) from None
+    return result.normalized.lower()
+
+
+def smtp_form(email: str) -> str:
+    """Return the ASCII form we hand to SMTP: the domain in IDNA 2008, as email-validator does.
+
+    Flask-Mail would otherwise encode non-ASCII domains with Python's IDNA 2003 codec, which
+    maps ``straße.de`` to ``strasse.de``: a different domain, owned by someone else.
+    """
+    result = validate_email(email, check_deliverability=False, allow_smtputf8=False)
+    return result.ascii_email or result.normalized
+
+
+def mailbox_key(email: str) -> str:
+    """A keyed hash of the mailbox; ``+tag`` variants of one mailbox share it."""
+    local, _, domain = email.lower().rpartition("@")
+    local = local.split("+", 1)[0]
+    message = f"{local}@{domain}".encode()
+    digest = hmac.new(current_app.config["SECRET_KEY"].encode(), message, hashlib.sha256)
+    return digest.hexdigest()[:32]
+
+
+def ip_prefix(address: str | None) -> str | None:
+    """Truncate an IP to its network: /24 for IPv4, /48 for IPv6."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))

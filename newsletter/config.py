@@ -1,0 +1,204 @@
+"""Configuration: defaults in code, values from the environment, checked at start.
+
+This is the only module that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEV_SECRET_KEY = "dev-only-insecure-secret-key"
+
+
+class ConfigError(Exception):
+    """The environment does not describe a service that can run."""
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def _int(name: str, value: str, minimum: int = 0) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {number}")
+    return number
+
+
+def _float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return number
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(name: str, value: str) -> int:
+    """Read ``172800``, ``48h``, ``30m`` or ``2d`` as seconds."""
+    match = _DURATION.match(value.lower())
+    if not match:
+        raise ConfigError(f"{name} must be a duration like 3600, 30m, 48h or 2d, not {value!r}")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"{name} must be longer than zero")
+    return seconds
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def database_uri(url: str) -> str:
+    """Map ``postgres://`` and ``postgresql://`` to the psycopg 3 driver we install."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _check_database(url: str) -> None:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"DATABASE_URL is not a database URL: {url!r}") from None
+    if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise ConfigError("DATABASE_URL must be a sqlite:// or postgresql:// URL")
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise ConfigError(
+                "DATABASE_URL: an in-memory SQLite database cannot be shared with workers; "
+                "name a file"
+            )
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise ConfigError(f"DATABASE_URL: the folder {str(folder)!r} does not exist")
+
+
+def _check_redis(url: str) -> None:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+
+
+def _check_public_url(url: str) -> str:
+    if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", url):
+        raise ConfigError(f"PUBLIC_URL must be an http(s) URL without query, not {url!r}")
+    return url.rstrip("/")
+
+
+def load(environ: dict[str, str] | None = None, instance_path: str = "instance") -> dict:
+    """Build the Flask config from the environment; raise ConfigError with a clear message."""
+    env = dict(os.environ if environ is None else environ)
+    mode = env.get("NEWSLETTER_ENV", "production").strip().lower()
+    if mode not in {"production", "development", "testing"}:
+        raise ConfigError("NEWSLETTER_ENV must be production, development or testing")
+    production = mode == "production"
+
+    secret_key = env.get("SECRET_KEY", "")
+    if not secret_key:
+        if production:
+            raise ConfigError(
+                "SECRET_KEY is not set. Set it to a long random string, for example the "
+                "output of: python -c 'import secrets; print(secrets.token_hex(32))'"
+            )
+        secret_key = DEV_SECRET_KEY
+    elif production and len(secret_key) < 16:
+        raise ConfigError("SECRET_KEY is too short; use at least 32 random characters")
+
+    database_url = database_uri(
+        env.get("DATABASE_URL") or f"sqlite:///{Path(instance_path).resolve() / 'newsletter.db'}"
+    )
+    if env.get("DATABASE_URL"):
+        _check_database(database_url)
+
+    redis_url = env.get("REDIS_URL", "").strip() or None
+    if redis_url:
+        _check_redis(redis_url)
+
+    public_url = _check_public_url(env.get("PUBLIC_URL", "http://127.0.0.1:5000"))
+
+    slot = env.get("MONTHLY_SLOT", "first tue 10:00 Europe/Berlin")
+    from newsletter.slots import MonthlySlot  # slots has no import-time work
+
+    try:
+        MonthlySlot.parse(slot)
+    except ValueError as exc:
+        raise ConfigError(f"MONTHLY_SLOT: {exc}") from None
+
+    default_sender = env.get("MAIL_DEFAULT_SENDER", "Newsletter <newsletter@example.com>")
+    if "\r" in default_sender or "\n" in default_sender or "@" not in default_sender:
+        raise ConfigError("MAIL_DEFAULT_SENDER must be one address, like 'News <news@example.com>'")
+
+    store_ip = env.get("STORE_IP_PREFIX", "false")
+    config = {
+        "NEWSLETTER_ENV": mode,
+        "SECRET_KEY": secret_key,
+        "SECRET_KEY_FALLBACKS": _csv(env.get("SECRET_KEY_FALLBACKS", "")) or None,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "REDIS_URL": redis_url,
+        "PUBLIC_URL": public_url,
+        "TRUSTED_HOSTS": _csv(env.get("TRUSTED_HOSTS", "")) or None,
+        "EMBED_ORIGINS": [o.rstrip("/") for o in _csv(env.get("EMBED_ORIGINS", ""))],
+        "SIGNUP_LIMIT_PER_IP": env.get("SIGNUP_LIMIT_PER_IP", "30/hour"),
+        "SIGNUP_LIMIT_PER_ADDRESS": env.get("SIGNUP_LIMIT_PER_ADDRESS", "3/hour"),
+        "MANAGE_LIMIT_PER_IP": env.get("MANAGE_LIMIT_PER_IP", "30/hour"),
+        "EMAIL_CHECK_DELIVERABILITY": _bool(
+            "EMAIL_CHECK_DELIVERABILITY",
+            env.get("EMAIL_CHECK_DELIVERABILITY", "true" if production else "false"),
+        ),
+        "SEND_RATE": _float("SEND_RATE", env.get("SEND_RATE", "0")),
+        "BATCH_SIZE": _int("BATCH_SIZE", env.get("BATCH_SIZE", "500"), minimum=1),
+        "CONFIRM_MAX_AGE": parse_duration("CONFIRM_MAX_AGE", env.get("CONFIRM_MAX_AGE", "48h")),
+        "MANAGE_MAX_AGE": parse_duration("MANAGE_MAX_AGE", env.get("MANAGE_MAX_AGE", "24h")),
+        "OVERDUE_LIMIT": parse_duration("OVERDUE_LIMIT", env.get("OVERDUE_LIMIT", "6h")),
+        "SEND_LEASE": parse_duration("SEND_LEASE", env.get("SEND_LEASE", "60s")),
+        "TICK_INTERVAL": parse_duration("TICK_INTERVAL", env.get("TICK_INTERVAL", "15s")),
+        "SMTP_TIMEOUT": _float("SMTP_TIMEOUT", env.get("SMTP_TIMEOUT", "30")),
+        "MONTHLY_SLOT": slot,
+        "STORE_IP_PREFIX": _bool("STORE_IP_PREFIX", store_ip),
+        "LIST_ID": env.get("LIST_ID", "Newsletter <newsletter.example.com>"),
+        "CONTROLLER_NAME": env.get("CONTROLLER_NAME", "Example Company GmbH"),
+        "CONTROLLER_ADDRESS": env.get("CONTROLLER_ADDRESS", "Example Street 1, 12345 Example City"),
+        "CONTROLLER_EMAIL": env.get("CONTROLLER_EMAIL", "privacy@example.com"),
+        "DEV_OUTBOX_DIR": env.get("DEV_OUTBOX_DIR") or None,
+        "MAIL_SERVER": env.get("MAIL_SERVER", "127.0.0.1"),
+        "MAIL_PORT": _int("MAIL_PORT", env.get("MAIL_PORT", "25"), minimum=1),
+        "MAIL_USE_TLS": _bool("MAIL_USE_TLS", env.get("MAIL_USE_TLS", "false")),
+        "MAIL_USE_SSL": _bool("MAIL_USE_SSL", env.get("MAIL_USE_SSL", "false")),
+        "MAIL_USERNAME": env.get("MAIL_USERNAME") or None,
+        "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
+        "MAIL_DEFAULT_SENDER": default_sender,
+        # Never let Flask-Mail swallow sends: tests talk to a real SMTP server.
+        "MAIL_SUPPRESS_SEND": False,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": public_url.startswith("https://"),
+        "MAX_CONTENT_LENGTH": 64 * 1024,
+        "MAX_FORM_MEMORY_SIZE": 64 * 1024,
+        "WTF_CSRF_TIME_LIMIT": None,
+        "TESTING": mode == "testing",
+    }
+    try:
+        ZoneInfo("Europe/Berlin")
+    except ZoneInfoNotFoundError:  # pragma: no cover - depends on the host
+        raise ConfigError("the system has no time zone data; install tzdata") from None
+    return config

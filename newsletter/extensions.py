@@ -1,0 +1,54 @@
+"""Unbound extension objects; their state lives in ``app.extensions``."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import redis
+from flask import Flask, current_app, request
+from flask_limiter import Limiter
+from flask_mail import Mail
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
+from rq import Queue
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def client_ip_key() -> str:
+    """Key rate limits on a keyed hash of the client IP: Redis holds no raw IPs."""
+    ip = request.remote_addr or "unknown"
+    digest = hmac.new(current_app.config["SECRET_KEY"].encode(), ip.encode(), hashlib.sha256)
+    return "ip:" + digest.hexdigest()[:24]
+
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate()
+mail = Mail()
+csrf = CSRFProtect()
+limiter = Limiter(client_ip_key, default_limits=[], headers_enabled=True, key_prefix="nl")
+
+QUEUE_NAMES = ("mail", "send", "tick")  # highest priority first
+
+
+def init_redis(app: Flask, url: str) -> None:
+    app.extensions["redis"] = redis.Redis.from_url(url, health_check_interval=30)
+
+
+def get_redis() -> redis.Redis:
+    return current_app.extensions["redis"]
+
+
+def get_queue(name: str) -> Queue:
+    return Queue(name, connection=get_redis())
+
+
+def limiter_storage_uri(redis_url: str) -> str:
+    if redis_url.startswith("unix://"):
+        return "redis+unix://" + redis_url[len("unix://") :]
+    return redis_url

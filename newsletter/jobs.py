@@ -1,0 +1,140 @@
+"""Background jobs. They take ids, re-read state, exit quietly when it no longer
+applies, and are safe to run twice.
+
+RQ stores a job's arguments and description in Redis (failed jobs for a year by
+default) and logs the description, so jobs carry ids only, a fixed description, no
+result, and a short failure TTL.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import timedelta
+
+from rq import Queue
+from rq.exceptions import DuplicateJobError
+from sqlalchemy import select
+
+from newsletter.extensions import db, get_queue
+
+log = logging.getLogger(__name__)
+
+FAILURE_TTL = 7 * 86400
+MAIL_JOB_TIMEOUT = 120
+
+
+def job(func):
+    """Give each job a fresh database session, also when it runs inside a test process."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        finally:
+            db.session.remove()
+
+    return wrapper
+
+
+def enqueue(queue_name: str, func, *args, job_id: str | None = None, timeout: int = MAIL_JOB_TIMEOUT):
+    """Enqueue ``func(*args)`` with ids only; a job id makes it unique while it waits."""
+    queue: Queue = get_queue(queue_name)
+    try:
+        return queue.enqueue(
+            func,
+            *args,
+            job_id=job_id,
+            unique=job_id is not None,
+            description=func.__name__,
+            result_ttl=0,
+            failure_ttl=FAILURE_TTL,
+            job_timeout=timeout,
+        )
+    except DuplicateJobError:
+        return None
+
+
+# --- sign-up ---------------------------------------------------------------------------
+
+
+def enqueue_confirmation(pending_id: int):
+    return enqueue("mail", send_confirmation, pending_id, job_id=f"confirm-{pending_id}")
+
+
+@job
+def send_confirmation(pending_id: int) -> None:
+    """Mail the confirmation link of a pending sign-up or address change, once."""
+    from newsletter import mailing, smtp, tokens
+    from newsletter.models import PendingPurpose, PendingSignup, Subscriber, utcnow
+
+    pending = db.session.get(PendingSignup, pending_id)
+    if pending is None or pending.mail_sent_at is not None:
+        return
+    if pending.purpose == PendingPurpose.SUBSCRIBE:
+        subscribed = db.session.scalar(select(Subscriber.id).where(Subscriber.email == pending.email))
+        if subscribed is not None:
+            # Already a subscriber: no second subscription and no mail, and the visitor saw
+            # the same page as everyone else.
+            db.session.delete(pending)
+            db.session.commit()
+            log.info("sign-up %s: address already subscribed, nothing sent", pending_id)
+            return
+        mail = mailing.confirmation_mail(pending.email, tokens.url(tokens.Purpose.CONFIRM, pending.public_id))
+    else:
+        mail = mailing.change_address_mail(
+            pending.email, tokens.url(tokens.Purpose.CONFIRM, pending.public_id)
+        )
+    smtp.send(mail)
+    pending.mail_sent_at = utcnow()
+    db.session.commit()
+    log.info("sign-up %s: confirmation mail sent", pending_id)
+
+
+# --- the periodic tick -----------------------------------------------------------------
+
+
+def enqueue_tick(slot: int):
+    """Enqueue the tick of one time slot; every worker asks, the job id makes it one."""
+    return enqueue("tick", tick, job_id=f"tick-{slot}", timeout=300)
+
+
+TICK_TASKS: list = []
+
+
+def tick_task(func):
+    """Register ``func`` to run on every tick (the database is the scheduler)."""
+    TICK_TASKS.append(func)
+    return func
+
+
+@job
+def tick() -> None:
+    """Do what is due: expire sign-ups, resend lost confirmation mails, drive campaigns."""
+    for task in TICK_TASKS:
+        task()
+        db.session.remove()
+
+
+@tick_task
+def requeue_unsent_confirmations() -> None:
+    """Re-enqueue confirmation mails whose job was lost (e.g. Redis was emptied)."""
+    from newsletter.models import PendingSignup, utcnow
+
+    grace = utcnow() - timedelta(seconds=30)
+    ids = db.session.scalars(
+        select(PendingSignup.id).where(
+            PendingSignup.mail_sent_at.is_(None), PendingSignup.requested_at < grace
+        )
+    ).all()
+    for pending_id in ids:
+        enqueue_confirmation(pending_id)
+
+
+@tick_task
+def purge_pending() -> None:
+    from newsletter import subscriptions
+
+    purged = subscriptions.purge_expired_pending()
+    if purged:
+        log.info("purged %d expired sign-ups", purged)

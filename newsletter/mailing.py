@@ -1,0 +1,151 @@
+"""Building mail. One function per kind of mail; nothing here sends.
+
+We write the MIME ourselves instead of going through ``email.message``: the newsletter is
+rendered once per campaign and only the personal parts (To, Message-ID, the unsubscribe
+link) are spliced in per recipient, and our headers go on the wire exactly as written.
+Python's email package would fold a long ``List-Unsubscribe`` into RFC 2047 encoded-words,
+which Gmail then ignores (RFC 2369/8058 want the URL in plain angle brackets).
+"""
+
+from __future__ import annotations
+
+import binascii
+import secrets
+import time
+from dataclasses import dataclass
+from email.header import Header
+from email.utils import formataddr, formatdate, parseaddr
+from urllib.parse import urlsplit
+
+from flask import current_app, render_template
+
+from newsletter.addresses import smtp_form
+
+CRLF = "\r\n"
+UNSUBSCRIBE_PLACEHOLDER = "{{unsubscribe_url}}"
+
+
+class HeaderInjection(ValueError):
+    """A header value contained a line break."""
+
+
+def check_header_value(name: str, value: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise HeaderInjection(f"the {name} header must not contain line breaks")
+    return value
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    """What the sending path needs: envelope sender, one recipient, the message bytes."""
+
+    sender: str
+    recipient: str
+    data: bytes
+
+
+def _encode_header_text(value: str) -> str:
+    if value.isascii():
+        return value
+    return Header(value, "utf-8").encode(linesep=CRLF)
+
+
+def _sender() -> tuple[str, str]:
+    """Return (From header, envelope address) from MAIL_DEFAULT_SENDER."""
+    configured = current_app.config["MAIL_DEFAULT_SENDER"]
+    if isinstance(configured, tuple | list):
+        name, address = configured
+    else:
+        name, address = parseaddr(configured)
+    address = smtp_form(address)
+    return formataddr((name, address), charset="utf-8"), address
+
+
+def _qp(text: str) -> str:
+    """Quoted-printable with CRLF lines, as RFC 2045 wants for text parts."""
+    normalized = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+    return binascii.b2a_qp(normalized.encode("utf-8"), istext=True).decode("ascii")
+
+
+class MailTemplate:
+    """A multipart/alternative mail rendered once and personalised per recipient."""
+
+    def __init__(
+        self, subject: str, text: str, html: str, headers: dict[str, str] | None = None
+    ) -> None:
+        check_header_value("Subject", subject)
+        self.from_header, self.envelope_from = _sender()
+        self.msgid_domain = urlsplit(current_app.config["PUBLIC_URL"]).hostname or "localhost"
+        self.text = text
+        self.html = html
+        self.headers = {name: check_header_value(name, v) for name, v in (headers or {}).items()}
+        self.boundary = f"==nl-{secrets.token_hex(12)}=="
+        self.subject_header = _encode_header_text(subject)
+
+    def render(self, to: str, values: dict[str, str] | None = None) -> OutgoingMail:
+        """Return the message for ``to`` with each ``{{name}}`` placeholder filled in."""
+        values = values or {}
+        for value in values.values():
+            check_header_value("placeholder", value)
+        recipient = smtp_form(to)
+
+        def fill(template: str) -> str:
+            for name, value in values.items():
+                template = template.replace("{{" + name + "}}", value)
+            return template
+
+        lines = [
+            f"From: {self.from_header}",
+            f"To: {recipient}",
+            f"Subject: {self.subject_header}",
+            f"Date: {formatdate(time.time(), usegmt=True)}",
+            f"Message-ID: <{secrets.token_hex(16)}@{self.msgid_domain}>",
+            "MIME-Version: 1.0",
+            *(f"{name}: {fill(value)}" for name, value in self.headers.items()),
+            f'Content-Type: multipart/alternative; boundary="{self.boundary}"',
+            "",
+            f"--{self.boundary}",
+            'Content-Type: text/plain; charset="utf-8"',
+            "Content-Transfer-Encoding: quoted-printable",
+            "",
+            _qp(fill(self.text)),
+            f"--{self.boundary}",
+            'Content-Type: text/html; charset="utf-8"',
+            "Content-Transfer-Encoding: quoted-printable",
+            "",
+            _qp(fill(self.html)),
+            f"--{self.boundary}--",
+            "",
+        ]
+        return OutgoingMail(self.envelope_from, recipient, CRLF.join(lines).encode("ascii"))
+
+
+def _from_templates(name: str, subject: str, to: str, **context) -> OutgoingMail:
+    text = render_template(f"mail/{name}.txt", **context)
+    html = render_template(f"mail/{name}.html", subject=subject, **context)
+    return MailTemplate(subject, text, html).render(to)
+
+
+def confirmation_mail(to: str, confirm_url: str) -> OutgoingMail:
+    return _from_templates(
+        "confirm", "Please confirm your newsletter subscription", to, confirm_url=confirm_url
+    )
+
+
+def manage_mail(to: str, manage_url: str) -> OutgoingMail:
+    return _from_templates("manage", "Your newsletter subscription", to, manage_url=manage_url)
+
+
+def change_address_mail(to: str, confirm_url: str) -> OutgoingMail:
+    return _from_templates(
+        "change_address", "Please confirm your new address", to, confirm_url=confirm_url
+    )
+
+
+def newsletter_headers(unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> dict[str, str]:
+    """The list headers every newsletter carries (RFC 2369, RFC 8058, RFC 2919)."""
+    return {
+        "List-Id": current_app.config["LIST_ID"],
+        "List-Unsubscribe": f"<{unsubscribe_url}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }

