@@ -149,3 +149,15 @@ def newsletter_headers(unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> dict[s
         "List-Unsubscribe": f"<{unsubscribe_url}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
+
+
+def edition_template(subject: str, html: str, text: str) -> MailTemplate:
+    """The newsletter every edition goes through, rendered once per campaign.
+
+    ``render(to, {"unsubscribe_url": url})`` adds the reader's personal unsubscribe link
+    to both parts and to the List-Unsubscribe header.
+    """
+    context = {"subject": subject, "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER}
+    html_document = render_template("mail/edition.html", body=html, **context)
+    text_document = render_template("mail/edition.txt", body=text, **context)
+    return MailTemplate(subject, text_document, html_document, newsletter_headers())
