@@ -18,7 +18,15 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     """Create the app from the environment (or ``environ``), then apply ``test_config``."""
     from newsletter import config as config_module
     from newsletter import embedded_redis
-    from newsletter.extensions import csrf, db, init_redis, limiter, limiter_storage_uri, mail, migrate
+    from newsletter.extensions import (
+        csrf,
+        db,
+        init_redis,
+        limiter,
+        limiter_storage_uri,
+        mail,
+        migrate,
+    )
 
     app = Flask(
         __name__,
@@ -47,7 +55,9 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     app.config.setdefault("RATELIMIT_STORAGE_URI", limiter_storage_uri(redis_url))
     app.config.setdefault("RATELIMIT_STORAGE_OPTIONS", {"socket_timeout": 5})
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     _quiet_access_log()
 
     db.init_app(app)
@@ -76,7 +86,12 @@ def _register_optional_blueprints(app: Flask) -> None:
     """Register the areas that live in their own modules."""
     import importlib
 
-    for module_name in ("newsletter.manage", "newsletter.api", "newsletter.admin", "newsletter.dev"):
+    for module_name in (
+        "newsletter.manage",
+        "newsletter.api",
+        "newsletter.admin",
+        "newsletter.dev",
+    ):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

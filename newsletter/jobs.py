@@ -12,8 +12,9 @@ import functools
 import logging
 from datetime import timedelta
 
-from rq import Queue
+from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError
+from rq.job import Job, JobStatus
 from sqlalchemy import select
 
 from newsletter.extensions import db, get_queue
@@ -37,42 +38,75 @@ def job(func):
     return wrapper
 
 
-def enqueue(queue_name: str, func, *args, job_id: str | None = None, timeout: int = MAIL_JOB_TIMEOUT):
-    """Enqueue ``func(*args)`` with ids only; a job id makes it unique while it waits."""
+def enqueue(
+    queue_name: str,
+    func,
+    *args,
+    job_id: str | None = None,
+    timeout: int = MAIL_JOB_TIMEOUT,
+    retry: Retry | None = None,
+):
+    """Enqueue ``func(*args)`` with ids only; a job id makes it unique while it waits.
+
+    A job id that belongs to a failed job (kept FAILURE_TTL for inspection) is freed and
+    enqueued again: the database said the work is still to do.
+    """
     queue: Queue = get_queue(queue_name)
+    options = dict(
+        job_id=job_id,
+        unique=job_id is not None,
+        description=func.__name__,
+        result_ttl=0,
+        failure_ttl=FAILURE_TTL,
+        job_timeout=timeout,
+        retry=retry,
+    )
     try:
-        return queue.enqueue(
-            func,
-            *args,
-            job_id=job_id,
-            unique=job_id is not None,
-            description=func.__name__,
-            result_ttl=0,
-            failure_ttl=FAILURE_TTL,
-            job_timeout=timeout,
-        )
+        return queue.enqueue(func, *args, **options)
     except DuplicateJobError:
-        return None
+        existing = Job.fetch(job_id, connection=queue.connection)
+        if existing.get_status(refresh=False) not in (
+            JobStatus.FAILED,
+            JobStatus.STOPPED,
+            JobStatus.CANCELED,
+        ):
+            return None
+        existing.delete()
+        try:
+            return queue.enqueue(func, *args, **options)
+        except DuplicateJobError:
+            return None  # another process re-enqueued it in between
+
+
+class MailNotSent(Exception):
+    """SMTP refused or failed; the message names ids only (RQ keeps it with the failed job)."""
 
 
 # --- sign-up ---------------------------------------------------------------------------
 
 
+MAIL_RETRY = Retry(max=3, interval=[10, 60, 300])
+
+
 def enqueue_confirmation(pending_id: int):
-    return enqueue("mail", send_confirmation, pending_id, job_id=f"confirm-{pending_id}")
+    return enqueue(
+        "mail", send_confirmation, pending_id, job_id=f"confirm-{pending_id}", retry=MAIL_RETRY
+    )
 
 
 @job
 def send_confirmation(pending_id: int) -> None:
     """Mail the confirmation link of a pending sign-up or address change, once."""
-    from newsletter import mailing, smtp, tokens
+    from newsletter import mailing, tokens
     from newsletter.models import PendingPurpose, PendingSignup, Subscriber, utcnow
 
     pending = db.session.get(PendingSignup, pending_id)
     if pending is None or pending.mail_sent_at is not None:
         return
     if pending.purpose == PendingPurpose.SUBSCRIBE:
-        subscribed = db.session.scalar(select(Subscriber.id).where(Subscriber.email == pending.email))
+        subscribed = db.session.scalar(
+            select(Subscriber.id).where(Subscriber.email == pending.email)
+        )
         if subscribed is not None:
             # Already a subscriber: no second subscription and no mail, and the visitor saw
             # the same page as everyone else.
@@ -80,15 +114,37 @@ def send_confirmation(pending_id: int) -> None:
             db.session.commit()
             log.info("sign-up %s: address already subscribed, nothing sent", pending_id)
             return
-        mail = mailing.confirmation_mail(pending.email, tokens.url(tokens.Purpose.CONFIRM, pending.public_id))
+        mail = mailing.confirmation_mail(
+            pending.email, tokens.url(tokens.Purpose.CONFIRM, pending.public_id)
+        )
     else:
         mail = mailing.change_address_mail(
             pending.email, tokens.url(tokens.Purpose.CONFIRM, pending.public_id)
         )
-    smtp.send(mail)
+    send_or_explain(mail, f"sign-up {pending_id}")
     pending.mail_sent_at = utcnow()
     db.session.commit()
     log.info("sign-up %s: confirmation mail sent", pending_id)
+
+
+def send_or_explain(mail, what: str) -> None:
+    """Send one transactional mail; on failure raise an error that names no address.
+
+    smtplib's exceptions quote the recipient, and RQ stores and logs exception texts.
+    """
+    import smtplib
+
+    from newsletter import smtp
+
+    try:
+        smtp.send(mail)
+    except smtplib.SMTPResponseException as exc:
+        raise MailNotSent(f"{what}: SMTP answered {exc.smtp_code}") from None
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = sorted({code for code, _ in exc.recipients.values()})
+        raise MailNotSent(f"{what}: SMTP refused the recipient ({codes})") from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise MailNotSent(f"{what}: {type(exc).__name__}") from None
 
 
 # --- the periodic tick -----------------------------------------------------------------

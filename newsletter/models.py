@@ -73,8 +73,13 @@ class PendingSignup(db.Model):
     public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_token_key)
     email: Mapped[str] = mapped_column(String(254), index=True)
     purpose: Mapped[PendingPurpose] = mapped_column(
-        Enum(PendingPurpose, native_enum=False, create_constraint=True, length=16,
-             values_callable=lambda e: [m.value for m in e]),
+        Enum(
+            PendingPurpose,
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            values_callable=lambda e: [m.value for m in e],
+        ),
         default=PendingPurpose.SUBSCRIBE,
     )
     subscriber_id: Mapped[int | None] = mapped_column(
@@ -117,8 +122,13 @@ class CampaignStatus(enum.StrEnum):
 
 
 def _enum(cls, length=16):
-    return Enum(cls, native_enum=False, create_constraint=True, length=length,
-                values_callable=lambda e: [m.value for m in e])
+    return Enum(
+        cls,
+        native_enum=False,
+        create_constraint=True,
+        length=length,
+        values_callable=lambda e: [m.value for m in e],
+    )
 
 
 class Campaign(db.Model):
@@ -131,7 +141,9 @@ class Campaign(db.Model):
     text_is_derived: Mapped[bool] = mapped_column(default=True)
     source: Mapped[str | None] = mapped_column(Text)
     source_format: Mapped[str] = mapped_column(String(16), default="html")
-    status: Mapped[CampaignStatus] = mapped_column(_enum(CampaignStatus), default=CampaignStatus.DRAFT, index=True)
+    status: Mapped[CampaignStatus] = mapped_column(
+        _enum(CampaignStatus), default=CampaignStatus.DRAFT, index=True
+    )
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     status_reason: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -160,11 +172,15 @@ class SendBatch(db.Model):
     """
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"), index=True)
+    campaign_id: Mapped[int] = mapped_column(
+        ForeignKey("campaign.id", ondelete="CASCADE"), index=True
+    )
     first_id: Mapped[int]
     last_id: Mapped[int]
     cursor: Mapped[int]
-    status: Mapped[BatchStatus] = mapped_column(_enum(BatchStatus), default=BatchStatus.QUEUED, index=True)
+    status: Mapped[BatchStatus] = mapped_column(
+        _enum(BatchStatus), default=BatchStatus.QUEUED, index=True
+    )
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(default=0)
@@ -179,13 +195,19 @@ class DeferredDelivery(db.Model):
     """A recipient whose server answered 4xx: retried later, gone with its subscriber."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"), index=True)
-    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"), index=True)
+    campaign_id: Mapped[int] = mapped_column(
+        ForeignKey("campaign.id", ondelete="CASCADE"), index=True
+    )
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscriber.id", ondelete="CASCADE"), index=True
+    )
     attempts: Mapped[int] = mapped_column(default=1)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = (UniqueConstraint("campaign_id", "subscriber_id", name="uq_deferred_recipient"),)
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "subscriber_id", name="uq_deferred_recipient"),
+    )
 
 
 class ApiToken(db.Model):

@@ -26,7 +26,10 @@ def signup_address_key() -> str:
 def _signup_form(errors=None, email="", status=200):
     return (
         render_template(
-            "public/subscribe.html", errors=errors or {}, email=email, consent_text=consent.wording()
+            "public/subscribe.html",
+            errors=errors or {},
+            email=email,
+            consent_text=consent.wording(),
         ),
         status,
     )
@@ -89,7 +92,10 @@ def privacy():
 def healthz():
     checks = {"database": _database_ok(), "redis": _redis_ok()}
     healthy = all(checks.values())
-    body = {"status": "ok" if healthy else "unavailable", **{k: "ok" if v else "down" for k, v in checks.items()}}
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        **{k: "ok" if v else "down" for k, v in checks.items()},
+    }
     return body, 200 if healthy else 503
 
 

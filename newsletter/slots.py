@@ -13,7 +13,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "last": -1}
-WEEKDAYS = {name: index for index, name in enumerate(["mon", "tue", "wed", "thu", "fri", "sat", "sun"])}
+WEEKDAYS = {
+    name: index for index, name in enumerate(["mon", "tue", "wed", "thu", "fri", "sat", "sun"])
+}
 _SLOT = re.compile(
     r"^\s*(?:(?P<ordinal>first|second|third|fourth|last)\s+(?P<weekday>mon|tue|wed|thu|fri|sat|sun)"
     r"|(?P<day>\d{1,2}))\s+(?P<hour>\d{1,2}):(?P<minute>\d{2})\s+(?P<zone>\S+)\s*$",

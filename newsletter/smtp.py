@@ -23,7 +23,9 @@ class SmtpConnection(Connection):
         context = ssl.create_default_context()
         host: smtplib.SMTP
         if self.mail.use_ssl:
-            host = smtplib.SMTP_SSL(self.mail.server, self.mail.port, timeout=timeout, context=context)
+            host = smtplib.SMTP_SSL(
+                self.mail.server, self.mail.port, timeout=timeout, context=context
+            )
         else:
             host = smtplib.SMTP(self.mail.server, self.mail.port, timeout=timeout)
         host.set_debuglevel(int(self.mail.debug))

@@ -58,14 +58,18 @@ class CaptureHandler:
         if recipient in self.drop_after_data:
             self.drop_after_data.discard(recipient)
             with self.lock:
-                self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+                self.messages.append(
+                    Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
+                )
             session.transport.close()  # outcome unknown to the client
             return "421 closing"
         reply = self.replies.get(recipient)
         if reply and not reply.startswith("2"):
             return reply
         with self.lock:
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            self.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
+            )
         return "250 OK"
 
 

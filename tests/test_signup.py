@@ -41,7 +41,9 @@ def test_full_journey_stores_subscriber_with_proof_of_consent(client, work, smtp
     assert page.status_code == 200 and "Yes, subscribe me" in page.get_data(as_text=True)
     assert count(Subscriber) == 0
 
-    response = client.post(path_of(text_link), data={"csrf_token": csrf_token(client, path_of(text_link))})
+    response = client.post(
+        path_of(text_link), data={"csrf_token": csrf_token(client, path_of(text_link))}
+    )
     assert response.status_code == 200 and "subscribed" in response.get_data(as_text=True)
     subscriber = db.session.scalar(select(Subscriber))
     assert subscriber.email == "reader@example.com"
@@ -127,7 +129,9 @@ def test_tokens_carry_no_address(client, work, smtp):
     assert "hidden" not in link
 
 
-def test_confirmed_address_signing_up_again_gets_no_second_subscription(client, work, smtp, subscribed):
+def test_confirmed_address_signing_up_again_gets_no_second_subscription(
+    client, work, smtp, subscribed
+):
     subscribed("again@example.com")
     mails_before = len(smtp.messages)
     first = post_signup(client, "again@example.com")
@@ -224,9 +228,7 @@ def test_embedding_origin_may_post_without_token_others_may_not(app, client, wor
 
 def test_rate_limit_per_address_counts_plus_tags_as_one_mailbox(app, client, work, smtp):
     app.config["SIGNUP_LIMIT_PER_ADDRESS"] = "3/hour"
-    codes = [
-        post_signup(client, f"flood+{n}@example.com").status_code for n in range(5)
-    ]
+    codes = [post_signup(client, f"flood+{n}@example.com").status_code for n in range(5)]
     assert codes == [200, 200, 200, 429, 429]
     assert post_signup(client, "someone.else@example.com").status_code == 200
 
