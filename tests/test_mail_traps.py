@@ -1,0 +1,101 @@
+"""Known traps of our mail and queue libraries, each pinned by a test."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+
+from newsletter import mailing, smtp
+from newsletter.extensions import get_queue, get_redis
+from tests.conftest import csrf_token
+
+
+def signup(client, email):
+    return client.post(
+        "/subscribe", data={"email": email, "consent": "yes", "csrf_token": csrf_token(client)}
+    )
+
+
+def test_smtp_calls_time_out_on_a_server_that_never_answers(app):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the TCP handshake, never sends a greeting
+    app.config.update(SMTP_TIMEOUT=0.5)
+    app.extensions["mail"].port = silent.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises((TimeoutError, OSError)):
+        smtp.send(mailing.confirmation_mail("a@example.com", "http://x/confirm/t"))
+    assert time.monotonic() - started < 5
+    silent.close()
+
+
+def test_a_refused_confirmation_fails_without_the_address_in_redis(app, client, work, smtp):
+    smtp.handler.replies["refused.person@example.com"] = "550 5.1.1 no such user"
+    assert signup(client, "refused.person@example.com").status_code == 200
+    work()
+    queue = get_queue("mail")
+    retrying = ScheduledJobRegistry(queue=queue).get_job_ids()
+    failed = FailedJobRegistry(queue=queue).get_job_ids()
+    assert retrying or failed  # RQ retries it later with backoff
+    redis_conn = get_redis()
+    for key in redis_conn.keys("*"):
+        assert b"refused.person" not in key + (redis_conn.dump(key) or b"")
+
+
+def test_a_failed_confirmation_job_is_enqueued_again_by_the_tick(app, client, work, smtp):
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from newsletter import jobs
+    from newsletter.extensions import db
+    from newsletter.models import PendingSignup
+
+    smtp.handler.replies["later@example.com"] = "451 4.3.0 try later"
+    signup(client, "later@example.com")
+    job = get_queue("mail").jobs[0]
+    job.retries_left = 0  # no RQ retries left: the job lands among the failed jobs
+    job.save()
+    work()
+    assert FailedJobRegistry(queue=get_queue("mail")).get_job_ids() == [job.id]
+    smtp.handler.replies.clear()
+    pending = db.session.scalar(select(PendingSignup))
+    pending.requested_at -= timedelta(minutes=2)
+    db.session.commit()
+    jobs.enqueue_tick(7)
+    work()
+    work()
+    assert [m.rcpt_tos for m in smtp.messages] == [["later@example.com"]]
+
+
+def test_header_values_with_line_breaks_are_refused(app):
+    with pytest.raises(mailing.HeaderInjection):
+        mailing.MailTemplate("Hi\r\nBcc: evil@example.com", "t", "<p>h</p>")
+    template = mailing.edition_template("Subject", "<p>x</p>", "x")
+    with pytest.raises(mailing.HeaderInjection):
+        template.render("a@example.com", {"unsubscribe_url": "http://x/u\r\nBcc: evil@example.com"})
+
+
+def test_non_ascii_subject_is_encoded_and_body_is_quoted_printable(app, smtp):
+    template = mailing.MailTemplate("Grüße aus Rostock", "Zeile mit ß " * 40, "<p>ß</p>")
+    smtp_mail = template.render("leser@example.com")
+    raw = smtp_mail.data.decode("ascii")
+    assert "Subject: =?utf-8?" in raw
+    assert all(len(line) <= 998 for line in raw.split("\r\n"))
+    from newsletter.smtp import send
+
+    send(smtp_mail)
+    [received] = smtp.messages
+    assert received.message["Subject"] == "Grüße aus Rostock"
+    assert received.text.startswith("Zeile mit ß")
+
+
+def test_job_descriptions_and_args_hold_ids_only(app, client):
+    signup(client, "job.args@example.com")
+    [job] = get_queue("mail").jobs
+    assert job.description == "send_confirmation"
+    assert job.args == (job.args[0],) and isinstance(job.args[0], int)
+    assert job.result_ttl == 0 and job.failure_ttl <= 7 * 86400
