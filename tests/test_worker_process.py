@@ -1,0 +1,25 @@
+"""``python worker.py``: a real forking RQ worker in its own process."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from newsletter.extensions import db
+from newsletter.models import PendingSignup
+from tests.conftest import csrf_token, run_worker_process
+
+
+def test_worker_process_sends_the_confirmation_and_logs_no_address(app, client, smtp, base_environ):
+    response = client.post(
+        "/subscribe",
+        data={"email": "worker.reader@example.com", "consent": "yes", "csrf_token": csrf_token(client)},
+    )
+    assert response.status_code == 200
+    db.session.remove()
+    result = run_worker_process(base_environ, "--burst")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [m.rcpt_tos for m in smtp.messages] == [["worker.reader@example.com"]]
+    logs = result.stdout + result.stderr
+    assert "confirm-" in logs  # the worker did log the job, by id
+    assert "worker.reader" not in logs
+    assert db.session.scalar(select(PendingSignup.mail_sent_at)) is not None
