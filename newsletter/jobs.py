@@ -194,3 +194,28 @@ def purge_pending() -> None:
     purged = subscriptions.purge_expired_pending()
     if purged:
         log.info("purged %d expired sign-ups", purged)
+
+
+# --- self-service ----------------------------------------------------------------------
+
+
+def enqueue_manage_link(subscriber_id: int | None):
+    """Queue the manage-link mail; ``None`` (an unknown address) queues a job that does nothing.
+
+    Both cases cost the web request the same, so its timing reveals nothing.
+    """
+    return enqueue("mail", send_manage_link, subscriber_id, retry=MAIL_RETRY)
+
+
+@job
+def send_manage_link(subscriber_id: int | None) -> None:
+    """Mail a subscriber their personal, expiring manage link."""
+    from newsletter import mailing, subscriptions
+    from newsletter.models import Subscriber
+
+    subscriber = db.session.get(Subscriber, subscriber_id) if subscriber_id is not None else None
+    if subscriber is None:
+        return  # an unknown address, or erased since: nothing to send
+    mail = mailing.manage_mail(subscriber.email, subscriptions.manage_url(subscriber))
+    send_or_explain(mail, f"manage link for subscriber {subscriber_id}")
+    log.info("subscriber %s: manage link sent", subscriber_id)

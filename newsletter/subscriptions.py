@@ -6,6 +6,7 @@ there is anything to do is decided later, inside a job, where no visitor can tim
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from flask import current_app
@@ -15,6 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from newsletter import addresses, consent, jobs, stats, tokens
 from newsletter.extensions import db
 from newsletter.models import PendingPurpose, PendingSignup, Subscriber, utcnow
+
+log = logging.getLogger(__name__)
 
 
 class InvalidSignup(ValueError):
@@ -147,3 +150,181 @@ def erase_traces() -> None:
     if engine.dialect.name == "sqlite":
         with engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+# --- unsubscribe, erasure and self-service (GDPR Art. 15, 16, 17, 20) ------------------
+
+
+def unsubscribe_url(subscriber: Subscriber) -> str:
+    """The personal unsubscribe link every newsletter carries.
+
+    It names the subscription's random ``token_key``, not the address, and does not
+    expire: it works until the subscriber is gone and never for a later subscription.
+    """
+    return tokens.url(tokens.Purpose.UNSUBSCRIBE, subscriber.token_key)
+
+
+def manage_url(subscriber: Subscriber) -> str:
+    """The personal, expiring link to the manage page (MANAGE_MAX_AGE)."""
+    return tokens.url(tokens.Purpose.MANAGE, subscriber.token_key)
+
+
+def check_unsubscribe_token(token: str) -> None:
+    """Raise InvalidToken for a token we did not make; change nothing (for the GET page)."""
+    tokens.read(tokens.Purpose.UNSUBSCRIBE, token)
+
+
+def unsubscribe(token: str) -> None:
+    """Erase the subscriber behind ``token`` now; a repeat or a gone subscriber is a no-op."""
+    key = tokens.read(tokens.Purpose.UNSUBSCRIBE, token)
+    subscriber = db.session.scalar(select(Subscriber).where(Subscriber.token_key == key))
+    if subscriber is not None:
+        erase(subscriber, "unsubscribe")
+
+
+def erase(subscriber: Subscriber, reason: str) -> None:
+    """Delete the subscriber and everything tied to them, and count it (without the address).
+
+    Campaign bookkeeping and pending address changes go with the row (ON DELETE CASCADE);
+    unconfirmed sign-ups of the same address go too, since the person asked us to forget
+    the address. ``reason`` names the route: unsubscribe, manage, staff, undeliverable.
+    """
+    subscriber_id, email = subscriber.id, subscriber.email
+    db.session.execute(delete(PendingSignup).where(PendingSignup.email == email))
+    deleted = db.session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
+    if deleted.rowcount:
+        stats.tally(f"erased_{reason}")
+    db.session.commit()
+    erase_traces()
+    if deleted.rowcount:
+        log.info("subscriber %s erased (%s)", subscriber_id, reason)
+
+
+def find_by_address(raw_email: str) -> Subscriber | None:
+    """Look a subscriber up by address, for staff handling requests by post or email."""
+    try:
+        email = addresses.normalize(raw_email, check_deliverability=False)
+    except addresses.InvalidAddress:
+        return None
+    return db.session.scalar(select(Subscriber).where(Subscriber.email == email))
+
+
+def erase_address(raw_email: str, reason: str = "staff") -> bool:
+    """Erase the subscriber and any unconfirmed sign-up of an address; say if there was any."""
+    subscriber = find_by_address(raw_email)
+    if subscriber is not None:
+        erase(subscriber, reason)
+        return True
+    try:
+        email = addresses.normalize(raw_email, check_deliverability=False)
+    except addresses.InvalidAddress:
+        return False
+    result = db.session.execute(delete(PendingSignup).where(PendingSignup.email == email))
+    db.session.commit()
+    if result.rowcount:
+        erase_traces()
+    return bool(result.rowcount)
+
+
+def request_manage_link(raw_email: str) -> None:
+    """Queue the manage-link mail for an address; the same work for any address.
+
+    Raises InvalidAddress for input that is no address at all. An unknown address still
+    costs one lookup and one enqueue (of a job with nothing to do), so neither the page
+    nor its timing tells a visitor whether the address is subscribed.
+    """
+    email = addresses.normalize(raw_email)
+    subscriber_id = db.session.scalar(select(Subscriber.id).where(Subscriber.email == email))
+    jobs.enqueue_manage_link(subscriber_id)
+
+
+def subscriber_for_manage_token(token: str) -> Subscriber | None:
+    """Return the subscriber behind a manage link, None if gone; raise for bad or old links."""
+    key = tokens.read(tokens.Purpose.MANAGE, token)
+    return db.session.scalar(select(Subscriber).where(Subscriber.token_key == key))
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def pending_address_change(subscriber: Subscriber) -> PendingSignup | None:
+    return db.session.scalar(
+        select(PendingSignup).where(
+            PendingSignup.subscriber_id == subscriber.id,
+            PendingSignup.purpose == PendingPurpose.CHANGE_EMAIL,
+        )
+    )
+
+
+def export_data(subscriber: Subscriber) -> dict:
+    """Everything we hold about the subscriber, machine-readable (Art. 15, 20)."""
+    from newsletter.models import DeferredDelivery
+
+    consent_text = subscriber.consent_text
+    change = pending_address_change(subscriber)
+    deferred = db.session.scalars(
+        select(DeferredDelivery)
+        .where(DeferredDelivery.subscriber_id == subscriber.id)
+        .order_by(DeferredDelivery.id)
+    ).all()
+    config = current_app.config
+    return {
+        "email": subscriber.email,
+        "requested_at": _iso(subscriber.requested_at),
+        "confirmed_at": _iso(subscriber.confirmed_at),
+        "email_changed_at": _iso(subscriber.email_changed_at),
+        "ip_prefix": subscriber.ip_prefix,
+        "consent": {
+            "version": consent_text.version,
+            "text": consent_text.text,
+            "sha256": consent_text.sha256,
+        },
+        "pending_address_change": (
+            {"email": change.email, "requested_at": _iso(change.requested_at)} if change else None
+        ),
+        "pending_deliveries": [
+            {
+                "campaign_id": row.campaign_id,
+                "attempts": row.attempts,
+                "next_attempt_at": _iso(row.next_attempt_at),
+            }
+            for row in deferred
+        ],
+        "controller": {
+            "name": config["CONTROLLER_NAME"],
+            "address": config["CONTROLLER_ADDRESS"],
+            "email": config["CONTROLLER_EMAIL"],
+        },
+        "exported_at": _iso(utcnow()),
+    }
+
+
+def record_export() -> None:
+    """Count a served access request (no address)."""
+    stats.tally("exported")
+    db.session.commit()
+
+
+def request_address_change(subscriber: Subscriber, raw_email: str) -> None:
+    """Ask the new address to confirm; only then does it replace the old one.
+
+    The subscriber keeps their proof of consent; confirm() applies the change. Raises
+    InvalidAddress. An address that belongs to another subscriber gets the same answer
+    (and a mail whose link then changes nothing), so no subscriber learns who else is one.
+    """
+    email = addresses.normalize(raw_email)
+    if email == subscriber.email:
+        raise addresses.InvalidAddress("That is already the address we send to.")
+    # One pending change per subscriber: a new request replaces an earlier one.
+    db.session.execute(
+        delete(PendingSignup).where(
+            PendingSignup.subscriber_id == subscriber.id,
+            PendingSignup.purpose == PendingPurpose.CHANGE_EMAIL,
+            PendingSignup.email != email,
+        )
+    )
+    db.session.commit()
+    pending = _upsert_pending(email, PendingPurpose.CHANGE_EMAIL, None, None, subscriber.id)
+    jobs.enqueue_confirmation(pending.id)
+    log.info("subscriber %s asked to change the address (pending %s)", subscriber.id, pending.id)
