@@ -1,0 +1,261 @@
+"""Self-service: a personal, expiring link to see, export, move and delete one's data."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from newsletter import stats, subscriptions, tokens
+from newsletter.extensions import db, get_queue
+from newsletter.models import PendingPurpose, PendingSignup, Subscriber
+from tests.conftest import PUBLIC_URL, csrf_token, link_in, path_of
+
+
+def subscriber(email: str) -> Subscriber | None:
+    return db.session.scalar(select(Subscriber).where(Subscriber.email == email))
+
+
+def count(model) -> int:
+    return db.session.scalar(select(func.count()).select_from(model))
+
+
+def ask_for_link(client, email: str, **kwargs):
+    return client.post(
+        "/manage", data={"email": email, "csrf_token": csrf_token(client, "/manage")}, **kwargs
+    )
+
+
+def manage_path(client, work, smtp, email: str) -> str:
+    """Ask for the manage link the way a reader does and return its path."""
+    before = len(smtp.to(email))
+    assert ask_for_link(client, email).status_code == 200
+    work()
+    mails = smtp.to(email)
+    assert len(mails) == before + 1, "no manage mail"
+    link = link_in(mails[-1].text, "manage")
+    assert link == link_in(mails[-1].html, "manage") and link.startswith(f"{PUBLIC_URL}/manage/")
+    return path_of(link)
+
+
+def tally(kind: str) -> int:
+    return sum(month.get(kind, 0) for month in stats.monthly([kind]).values())
+
+
+def test_manage_form_has_the_endpoint_the_footer_links_to(app, client):
+    from flask import url_for
+
+    with app.test_request_context():
+        assert url_for("manage.manage_request") == "/manage"
+    page = client.get("/manage")
+    assert page.status_code == 200 and 'name="email"' in page.get_data(as_text=True)
+
+
+def test_same_answer_and_same_work_for_known_pending_and_unknown_addresses(
+    app, client, work, smtp, subscribed
+):
+    subscribed("known@example.com")
+    client.post(
+        "/subscribe",
+        data={"email": "pending@example.com", "consent": "yes", "csrf_token": csrf_token(client)},
+    )
+    work()
+    mails_before = len(smtp.messages)
+    queue = get_queue("mail")
+    responses = []
+    for email in ("known@example.com", "pending@example.com", "unknown@example.com"):
+        jobs_before = queue.count
+        responses.append(ask_for_link(client, email))
+        assert queue.count == jobs_before + 1  # the request does the same work for any address
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.get_data() for r in responses}) == 1
+    assert "Check your inbox" in responses[0].get_data(as_text=True)
+    work()
+    assert [m.rcpt_tos for m in smtp.messages[mails_before:]] == [["known@example.com"]]
+
+
+def test_invalid_address_gets_the_form_again(client, work, smtp):
+    response = ask_for_link(client, "not-an-address")
+    assert response.status_code == 422 and 'role="alert"' in response.get_data(as_text=True)
+    work()
+    assert smtp.messages == []
+
+
+def test_manage_page_shows_every_datum_held_including_the_consent_wording(
+    app, client, work, smtp, subscribed
+):
+    app.config["STORE_IP_PREFIX"] = True
+    subscribed("shown@example.com")
+    path = manage_path(client, work, smtp, "shown@example.com")
+    reader = subscriber("shown@example.com")
+
+    page = client.get(path)
+    body = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "shown@example.com" in body
+    assert reader.consent_text.text in body
+    assert reader.consent_text.sha256 in body and f"Version {reader.consent_text.version}" in body
+    assert reader.requested_at.strftime("%Y-%m-%d %H:%M") in body
+    assert reader.confirmed_at.strftime("%Y-%m-%d %H:%M") in body
+    assert reader.ip_prefix == "127.0.0.0/24" and reader.ip_prefix in body
+    for action in ("/export", "/email", "/delete"):
+        assert f"{path}{action}" in body
+
+
+def test_manage_link_expires_and_tampered_links_are_refused(app, client, work, smtp, subscribed):
+    subscribed("late@example.com")
+    path = manage_path(client, work, smtp, "late@example.com")
+    token = csrf_token(client, path)
+    tampered = path[:-3] + ("aaa" if not path.endswith("aaa") else "bbb")
+    unsubscribe_token = tokens.make(
+        tokens.Purpose.UNSUBSCRIBE, subscriber("late@example.com").token_key
+    )
+    for bad in (tampered, f"/manage/{unsubscribe_token}"):
+        assert client.get(bad).status_code == 400
+        assert client.get(f"{bad}/export").status_code == 400
+        assert client.post(f"{bad}/delete", data={"csrf_token": token}).status_code == 400
+
+    app.config["MANAGE_MAX_AGE"] = -1  # every manage link is now too old
+    page = client.get(path)
+    assert page.status_code == 410 and "expired" in page.get_data(as_text=True)
+    assert 'href="/manage"' in page.get_data(as_text=True)
+    assert client.get(f"{path}/export").status_code == 410
+    assert client.post(f"{path}/delete", data={"csrf_token": token}).status_code == 410
+    response = client.post(f"{path}/email", data={"csrf_token": token, "email": "x@example.com"})
+    assert response.status_code == 410
+    assert subscriber("late@example.com") is not None and count(PendingSignup) == 0
+
+
+def test_export_is_a_json_download_of_everything_held(app, client, work, smtp, subscribed):
+    app.config["STORE_IP_PREFIX"] = True
+    subscribed("export@example.com")
+    path = manage_path(client, work, smtp, "export@example.com")
+    reader = subscriber("export@example.com")
+
+    response = client.get(f"{path}/export")
+
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.headers["Content-Disposition"].startswith("attachment;")
+    assert ".json" in response.headers["Content-Disposition"]
+    assert response.headers["Cache-Control"] == "no-store"
+    data = json.loads(response.get_data(as_text=True))
+    assert data["email"] == "export@example.com"
+    assert datetime.fromisoformat(data["requested_at"]) == reader.requested_at
+    assert datetime.fromisoformat(data["confirmed_at"]) == reader.confirmed_at
+    assert data["email_changed_at"] is None
+    assert data["ip_prefix"] == "127.0.0.0/24"
+    assert data["consent"] == {
+        "version": reader.consent_text.version,
+        "text": reader.consent_text.text,
+        "sha256": reader.consent_text.sha256,
+    }
+    assert data["pending_address_change"] is None and data["pending_deliveries"] == []
+    assert data["controller"]["name"] == app.config["CONTROLLER_NAME"]
+    assert tally("exported") == 1
+
+
+def test_change_of_address_takes_effect_only_after_the_new_address_confirms(
+    app, client, work, smtp, subscribed
+):
+    subscribed("old.home@example.com")
+    before = subscriber("old.home@example.com")
+    proof = (before.id, before.requested_at, before.confirmed_at, before.consent_text_id)
+    path = manage_path(client, work, smtp, "old.home@example.com")
+
+    response = client.post(
+        f"{path}/email",
+        data={"email": "New.Home@Example.com", "csrf_token": csrf_token(client, path)},
+    )
+    assert response.status_code == 200 and "Confirm your new address" in response.get_data(
+        as_text=True
+    )
+    assert subscriber("old.home@example.com") is not None  # nothing changes yet
+    pending = db.session.scalar(select(PendingSignup))
+    assert (pending.email, pending.purpose) == ("new.home@example.com", PendingPurpose.CHANGE_EMAIL)
+    assert "new.home@example.com" in client.get(path).get_data(as_text=True)
+    exported = json.loads(client.get(f"{path}/export").get_data(as_text=True))
+    assert exported["pending_address_change"]["email"] == "new.home@example.com"
+
+    work()
+    [mail] = smtp.to("new.home@example.com")
+    confirm = path_of(link_in(mail.text, "confirm"))
+    assert client.get(confirm).status_code == 200
+    assert subscriber("new.home@example.com") is None  # a GET changes nothing
+    assert client.post(confirm, data={"csrf_token": csrf_token(client, confirm)}).status_code == 200
+
+    db.session.expire_all()
+    after = subscriber("new.home@example.com")
+    assert after is not None and subscriber("old.home@example.com") is None
+    assert (after.id, after.requested_at, after.confirmed_at, after.consent_text_id) == proof
+    assert after.email_changed_at is not None
+    assert count(PendingSignup) == 0
+    data = json.loads(client.get(f"{path}/export").get_data(as_text=True))
+    assert data["email"] == "new.home@example.com"
+    assert data["email_changed_at"] == after.email_changed_at.isoformat()
+
+
+def test_change_of_address_refuses_bad_input(client, work, smtp, subscribed):
+    subscribed("stay@example.com")
+    path = manage_path(client, work, smtp, "stay@example.com")
+    token = csrf_token(client, path)
+    for bad in ("not-an-address", "stay@example.com", ""):
+        response = client.post(f"{path}/email", data={"email": bad, "csrf_token": token})
+        assert response.status_code == 422, bad
+        assert 'role="alert"' in response.get_data(as_text=True)
+    assert client.post(f"{path}/email", data={"email": "x@example.com"}).status_code == 400
+    assert count(PendingSignup) == 0
+
+
+def test_delete_erases_and_the_link_then_finds_nothing(app, client, work, smtp, subscribed):
+    subscribed("leave@example.com")
+    subscribed("others@example.com")
+    path = manage_path(client, work, smtp, "leave@example.com")
+
+    assert client.post(f"{path}/delete").status_code == 400  # a normal form: CSRF applies
+    assert subscriber("leave@example.com") is not None
+
+    token = csrf_token(client, path)
+    response = client.post(f"{path}/delete", data={"csrf_token": token})
+    assert response.status_code == 200 and "unsubscribed" in response.get_data(as_text=True)
+    assert subscriber("leave@example.com") is None and subscriber("others@example.com")
+    assert tally("erased_manage") == 1
+    again = client.post(f"{path}/delete", data={"csrf_token": token})
+    assert again.status_code == 200 and again.get_data() == response.get_data()
+    assert client.get(path).status_code == 404
+    assert client.get(f"{path}/export").status_code == 404
+    assert tally("erased_manage") == 1
+
+
+def test_old_manage_link_does_nothing_to_a_later_subscription(app, client, work, smtp, subscribed):
+    subscribed("again@example.com")
+    path = manage_path(client, work, smtp, "again@example.com")
+    client.post(f"{path}/delete", data={"csrf_token": csrf_token(client, path)})
+    subscribed("again@example.com")
+    assert client.get(path).status_code == 404
+    client.post(f"{path}/delete", data={"csrf_token": csrf_token(client, "/manage")})
+    assert subscriber("again@example.com") is not None
+
+
+def test_manage_link_request_is_rate_limited_per_ip_and_per_mailbox(app, client):
+    app.config.update(MANAGE_LIMIT_PER_IP="4/hour", MANAGE_LIMIT_PER_ADDRESS="2/hour")
+    codes = [ask_for_link(client, f"flood+{n}@example.com").status_code for n in range(3)]
+    assert codes == [200, 200, 429]
+    elsewhere = {"REMOTE_ADDR": "192.0.2.9"}
+    codes = [
+        ask_for_link(client, f"p{n}@example.com", environ_base=elsewhere).status_code
+        for n in range(5)
+    ]
+    assert codes == [200, 200, 200, 200, 429]
+
+
+def test_manage_mail_job_carries_only_an_id(app, client, subscribed):
+    subscribed("quiet@example.com")
+    get_queue("mail").empty()
+    ask_for_link(client, "quiet@example.com")
+    [job] = get_queue("mail").jobs
+    assert job.description == "send_manage_link"
+    assert job.args == (subscriber("quiet@example.com").id,)
+    assert subscriptions.manage_url(subscriber("quiet@example.com")).startswith(PUBLIC_URL)
