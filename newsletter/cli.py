@@ -80,3 +80,260 @@ def subscriber_stats() -> None:
     for month, kinds in stats.monthly().items():
         for kind, count in sorted(kinds.items()):
             click.echo(f"{month}  {kind:<28} {count}")
+
+
+# --- token: bearer tokens for the JSON API ----------------------------------------------
+
+
+@token_cli.command("create")
+@click.argument("name")
+def token_create(name: str) -> None:
+    """Make an API token called NAME; it is printed once, alone on the last line."""
+    from newsletter import api_tokens
+
+    try:
+        _, token = api_tokens.create(name)
+    except api_tokens.TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Token {name.strip()!r} created. It is shown only now: store it safely.")
+    click.echo("Send it as the header 'Authorization: Bearer <token>'. The token:")
+    click.echo(token)
+
+
+@token_cli.command("list")
+def token_list() -> None:
+    """List the tokens by name, with when they were made and last used (never the token)."""
+    from newsletter import api_tokens
+
+    rows = api_tokens.list_all()
+    if not rows:
+        click.echo("No tokens. Make one with: flask --app newsletter token create NAME")
+        return
+    click.echo(f"{'name':<30} {'created':<20} {'last used':<20} revoked")
+    for row in rows:
+        click.echo(
+            f"{row.name:<30} {_when(row.created_at):<20} {_when(row.last_used_at):<20} "
+            f"{_when(row.revoked_at) if row.revoked_at else 'no'}"
+        )
+
+
+@token_cli.command("revoke")
+@click.argument("name")
+def token_revoke(name: str) -> None:
+    """Revoke the token called NAME; the API refuses it from now on."""
+    from newsletter import api_tokens
+
+    try:
+        api_tokens.revoke(name)
+    except api_tokens.TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Token {name!r} is revoked.")
+
+
+# --- campaign: write, test, schedule, watch ---------------------------------------------
+
+
+def _when(moment) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment is not None else "-"
+
+
+def _campaign_call(func, *args):
+    """Run a campaigns service call; turn the marketer's errors into clean messages."""
+    from newsletter import campaigns
+
+    try:
+        return func(*args)
+    except campaigns.CampaignError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _read(path: str | None) -> str | None:
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+@campaign_cli.command("create")
+@click.option("--subject", required=True, help="The subject line.")
+@click.option(
+    "--html-file", required=True, type=click.Path(exists=True, dir_okay=False), help="HTML body."
+)
+@click.option(
+    "--text-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Plain-text part; made from the HTML when left out.",
+)
+def campaign_create(subject: str, html_file: str, text_file: str | None) -> None:
+    """Store a new draft edition."""
+    from newsletter import campaigns
+
+    campaign = _campaign_call(campaigns.create, subject, _read(html_file), _read(text_file))
+    click.echo(f"Created campaign {campaign.id} (draft).")
+
+
+@campaign_cli.command("list")
+def campaign_list() -> None:
+    """List campaigns, newest first."""
+    from newsletter import campaigns
+
+    rows = campaigns.list_all()
+    if not rows:
+        click.echo("No campaigns yet.")
+        return
+    click.echo(f"{'id':>5}  {'status':<10} {'send at':<20} {'sent':>13}  subject")
+    for campaign in rows:
+        totals = campaigns.totals(campaign)
+        progress = f"{totals['sent']}/{totals['recipients']}"
+        click.echo(
+            f"{campaign.id:>5}  {campaign.status.value:<10} {_when(campaign.send_at):<20} "
+            f"{progress:>13}  {campaign.subject}"
+        )
+
+
+@campaign_cli.command("show")
+@click.argument("campaign_id", type=int)
+def campaign_show(campaign_id: int) -> None:
+    """Show one campaign: status, times and totals."""
+    from newsletter import campaigns
+
+    campaign = _campaign_call(campaigns.get, campaign_id)
+    totals = campaigns.totals(campaign)
+    click.echo(f"campaign {campaign.id}: {campaign.subject}")
+    click.echo(f"status:      {campaign.status.value}")
+    if campaign.status_reason:
+        click.echo(f"reason:      {campaign.status_reason}")
+    click.echo(f"send at:     {_when(campaign.send_at)}")
+    click.echo(f"started:     {_when(campaign.started_at)}")
+    click.echo(f"finished:    {_when(campaign.finished_at)}")
+    for name in ("recipients", "sent", "failed", "unknown"):
+        click.echo(f"{name + ':':<12} {totals[name]}")
+    click.echo(f"text part:   {'made from the HTML' if campaign.text_is_derived else 'own'}")
+
+
+@campaign_cli.command("test")
+@click.argument("campaign_id", type=int)
+@click.argument("address")
+def campaign_test(campaign_id: int, address: str) -> None:
+    """Send one test copy to ADDRESS now."""
+    import smtplib
+
+    from newsletter import campaigns
+
+    try:
+        _campaign_call(campaigns.send_test, campaign_id, address)
+    except (smtplib.SMTPException, OSError) as exc:
+        raise click.ClickException(f"The mail server did not take the test copy: {exc}") from None
+    click.echo(f"Test copy of campaign {campaign_id} sent.")
+
+
+@campaign_cli.command("schedule")
+@click.argument("campaign_id", type=int)
+@click.option(
+    "--at",
+    "at",
+    metavar="ISO|now",
+    help="ISO 8601 time with UTC offset (2026-12-01T10:00:00+01:00) or 'now'. "
+    "Default: the next monthly slot (MONTHLY_SLOT).",
+)
+def campaign_schedule(campaign_id: int, at: str | None) -> None:
+    """Schedule a campaign for a time, now, or the next monthly slot."""
+    from datetime import datetime
+
+    from newsletter import campaigns
+
+    send_at: datetime | str | None = None
+    if at is not None and at.strip().lower() == "now":
+        send_at = "now"
+    elif at is not None:
+        try:
+            send_at = datetime.fromisoformat(at.strip())
+        except ValueError:
+            raise click.BadParameter(
+                "not an ISO 8601 time; write e.g. 2026-12-01T10:00:00+01:00 or now",
+                param_hint="--at",
+            ) from None
+        if send_at.tzinfo is None:
+            raise click.BadParameter(
+                "the time has no UTC offset; add one, e.g. +01:00 or Z", param_hint="--at"
+            )
+    campaign = _campaign_call(campaigns.schedule, campaign_id, send_at)
+    click.echo(f"Campaign {campaign.id} is scheduled for {_when(campaign.send_at)}.")
+
+
+@campaign_cli.command("cancel")
+@click.argument("campaign_id", type=int)
+def campaign_cancel(campaign_id: int) -> None:
+    """Stop a scheduled, sending or paused campaign."""
+    from newsletter import campaigns
+
+    _campaign_call(campaigns.cancel, campaign_id)
+    click.echo(f"Campaign {campaign_id} is cancelled.")
+
+
+@campaign_cli.command("resume")
+@click.argument("campaign_id", type=int)
+def campaign_resume(campaign_id: int) -> None:
+    """Continue a paused campaign where it stopped."""
+    from newsletter import campaigns
+
+    campaign = _campaign_call(campaigns.resume, campaign_id)
+    click.echo(f"Campaign {campaign.id} is {campaign.status.value} again.")
+
+
+@campaign_cli.command("watch")
+@click.argument("campaign_id", type=int)
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between updates.")
+def campaign_watch(campaign_id: int, interval: float) -> None:
+    """Show a progress bar while the campaign sends; exit when it is done.
+
+    The exit status is 0 when the campaign was sent, 1 when it ended paused or cancelled.
+    """
+    import time
+
+    from newsletter import campaigns
+    from newsletter.extensions import db
+    from newsletter.models import CampaignStatus
+
+    def current():
+        db.session.rollback()  # a fresh snapshot: the workers change the rows
+        db.session.expire_all()
+        campaign = _campaign_call(campaigns.get, campaign_id)
+        return campaign, campaigns.totals(campaign)
+
+    campaign, totals = current()
+    if campaign.status == CampaignStatus.DRAFT:
+        raise click.ClickException(f"Campaign {campaign_id} is a draft; schedule it first.")
+    if campaign.status == CampaignStatus.SCHEDULED:
+        click.echo(
+            f"Campaign {campaign_id} is scheduled for {_when(campaign.send_at)}; "
+            "waiting for it to start (Ctrl-C stops watching, not the campaign)."
+        )
+        while campaign.status == CampaignStatus.SCHEDULED:
+            time.sleep(interval)
+            campaign, totals = current()
+    if campaign.status == CampaignStatus.SENDING:
+        done = totals["sent"] + totals["failed"] + totals["unknown"]
+        with click.progressbar(
+            length=max(totals["recipients"], 1),
+            label=f"Campaign {campaign_id}",
+            show_pos=True,
+            show_percent=True,
+            item_show_func=lambda _: f"sent {totals['sent']}, failed {totals['failed']}",
+        ) as bar:
+            bar.update(done)
+            while campaign.status == CampaignStatus.SENDING:
+                time.sleep(interval)
+                campaign, totals = current()
+                now_done = totals["sent"] + totals["failed"] + totals["unknown"]
+                bar.update(max(now_done - done, 0))
+                done = now_done
+    click.echo(
+        f"Campaign {campaign_id} is {campaign.status.value}: {totals['sent']} sent, "
+        f"{totals['failed']} failed, {totals['unknown']} unknown "
+        f"of {totals['recipients']} recipients."
+    )
+    if campaign.status_reason:
+        click.echo(f"Reason: {campaign.status_reason}")
+    if campaign.status != CampaignStatus.SENT:
+        raise SystemExit(1)

@@ -161,6 +161,7 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "SIGNUP_LIMIT_PER_IP": env.get("SIGNUP_LIMIT_PER_IP", "30/hour"),
         "SIGNUP_LIMIT_PER_ADDRESS": env.get("SIGNUP_LIMIT_PER_ADDRESS", "3/hour"),
         "MANAGE_LIMIT_PER_IP": env.get("MANAGE_LIMIT_PER_IP", "30/hour"),
+        "API_TEST_SEND_LIMIT": env.get("API_TEST_SEND_LIMIT", "60/hour"),
         "EMAIL_CHECK_DELIVERABILITY": _bool(
             "EMAIL_CHECK_DELIVERABILITY",
             env.get("EMAIL_CHECK_DELIVERABILITY", "true" if production else "false"),

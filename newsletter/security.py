@@ -87,9 +87,9 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         if request.path.startswith("/api/"):
-            from newsletter.problems import problem
+            from newsletter.problems import from_http_error
 
-            return problem(error.code or 500, error.name, error.description)
+            return from_http_error(error)
         if error.code == 400 and request.url_rule is None and request.routing_exception is error:
             # An untrusted Host header: no URL can be built, so answer with the bare error.
             return error

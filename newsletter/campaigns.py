@@ -1,0 +1,326 @@
+"""Campaigns: write, test, schedule, cancel and resume editions.
+
+The API, the admin pages and the CLI all call these functions. Status changes are
+single conditional UPDATEs (``WHERE status IN ...``), so a race with the tick or a
+second marketer ends in a clear WrongState instead of a lost update.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy import update as sql_update
+
+from newsletter import addresses
+from newsletter.extensions import db
+from newsletter.models import Campaign, CampaignStatus, PendingSignup, SendBatch, Subscriber, utcnow
+from newsletter.rendering import html_to_text
+from newsletter.slots import MonthlySlot
+
+log = logging.getLogger(__name__)
+
+SUBJECT_MAX = 200
+ID_MAX = 2**31 - 1
+EDITABLE = (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED)
+CANCELLABLE = (CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED)
+# A scheduled time this far in the past is taken as a typo, not as "send now".
+PAST_TOLERANCE = timedelta(minutes=1)
+TEST_COPY_PATH = "/unsubscribe/test-copy-no-subscription"
+_UNSET = object()
+
+
+class CampaignError(Exception):
+    """Base of the errors a marketer can fix."""
+
+
+class NotFound(CampaignError):
+    def __init__(self, campaign_id: int) -> None:
+        super().__init__(f"There is no campaign {campaign_id}.")
+        self.campaign_id = campaign_id
+
+
+class WrongState(CampaignError):
+    """The campaign's status does not allow this step (e.g. editing a sent edition)."""
+
+    def __init__(self, campaign: Campaign, action: str, allowed) -> None:
+        allowed_text = " or ".join(status.value for status in allowed)
+        super().__init__(
+            f"Campaign {campaign.id} is {campaign.status.value}; "
+            f"only a {allowed_text} campaign can be {action}."
+        )
+        self.campaign = campaign
+        self.status = campaign.status
+
+
+@dataclass
+class Invalid(CampaignError):
+    """Input that cannot be used; ``errors`` maps each field to a message."""
+
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{name}: {message}" for name, message in self.errors.items())
+
+
+def _check_subject(subject, errors: dict[str, str]) -> str | None:
+    if not isinstance(subject, str) or not subject.strip():
+        errors["subject"] = "Give the edition a subject."
+        return None
+    subject = subject.strip()
+    if any(c in subject for c in "\r\n\0"):
+        errors["subject"] = "The subject must be one line."
+    elif len(subject) > SUBJECT_MAX:
+        errors["subject"] = f"The subject is {len(subject)} characters long; at most {SUBJECT_MAX}."
+    return subject
+
+
+def _check_html(html, errors: dict[str, str]) -> str | None:
+    if not isinstance(html, str) or not html.strip():
+        errors["html"] = "The edition needs an HTML body."
+        return None
+    if "\0" in html:
+        errors["html"] = "The HTML body contains a NUL character."
+    return html
+
+
+def _check_text(text, errors: dict[str, str]) -> str | None:
+    """``None`` or an empty text means: derive the text part from the HTML."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        errors["text"] = "The text part must be a string (or null to derive it from the HTML)."
+        return None
+    if "\0" in text:
+        errors["text"] = "The text part contains a NUL character."
+    return text if text.strip() else None
+
+
+def create(subject: str, html: str, text: str | None = None) -> Campaign:
+    """Store a new draft; without a text part, derive one from the HTML."""
+    errors: dict[str, str] = {}
+    subject = _check_subject(subject, errors)
+    html = _check_html(html, errors)
+    text = _check_text(text, errors)
+    if errors:
+        raise Invalid(errors)
+    campaign = Campaign(
+        subject=subject,
+        html=html,
+        text=text if text is not None else html_to_text(html),
+        text_is_derived=text is None,
+        status=CampaignStatus.DRAFT,
+    )
+    db.session.add(campaign)
+    db.session.commit()
+    log.info("campaign %s created", campaign.id)
+    return campaign
+
+
+def list_all(limit: int | None = None) -> list[Campaign]:
+    """Return campaigns, newest first."""
+    query = select(Campaign).order_by(Campaign.created_at.desc(), Campaign.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    return list(db.session.scalars(query))
+
+
+def get(campaign_id: int) -> Campaign:
+    if not 1 <= campaign_id <= ID_MAX:  # the column's range; beyond it the driver would fail
+        raise NotFound(campaign_id)
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFound(campaign_id)
+    return campaign
+
+
+def _change_status(campaign_id: int, allowed, action: str, **values) -> Campaign:
+    """Apply ``values`` only if the campaign is still in an ``allowed`` status."""
+    campaign = get(campaign_id)
+    result = db.session.execute(
+        sql_update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status.in_(allowed))
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    db.session.refresh(campaign)
+    if result.rowcount != 1:
+        raise WrongState(campaign, action, allowed)
+    return campaign
+
+
+def update(campaign_id: int, subject=_UNSET, html=_UNSET, text=_UNSET) -> Campaign:
+    """Edit subject, HTML or text while the campaign is a draft or scheduled.
+
+    ``text=None`` derives the text part from the HTML again; a derived text follows
+    every change of the HTML.
+    """
+    campaign = get(campaign_id)
+    errors: dict[str, str] = {}
+    values: dict = {}
+    if subject is not _UNSET:
+        values["subject"] = _check_subject(subject, errors)
+    if html is not _UNSET:
+        values["html"] = _check_html(html, errors)
+    if text is not _UNSET:
+        values["text"] = _check_text(text, errors)
+    if errors:
+        raise Invalid(errors)
+    new_html = values.get("html", campaign.html)
+    if "text" in values:
+        derive = values["text"] is None
+    else:
+        derive = campaign.text_is_derived
+    if derive:
+        values["text"] = html_to_text(new_html)
+        values["text_is_derived"] = True
+    else:
+        values["text_is_derived"] = False
+    campaign = _change_status(campaign_id, EDITABLE, "edited", **values)
+    log.info("campaign %s edited", campaign_id)
+    return campaign
+
+
+def next_slot(after: datetime | None = None) -> datetime:
+    """Return the next MONTHLY_SLOT after ``after`` (default: now), in UTC."""
+    slot = MonthlySlot.parse(current_app.config["MONTHLY_SLOT"])
+    return slot.next_after(after or utcnow())
+
+
+def _never_started(campaign: Campaign) -> bool:
+    has_batches = db.session.scalar(
+        select(func.count(SendBatch.id)).where(SendBatch.campaign_id == campaign.id)
+    )
+    return campaign.started_at is None and not has_batches
+
+
+def schedule(campaign_id: int, send_at: datetime | str | None = None) -> Campaign:
+    """Schedule a draft (or reschedule) for ``send_at``, ``"now"`` or the next monthly slot.
+
+    A paused campaign that never started (it was found overdue) may be scheduled again;
+    one paused mid-send continues with ``resume`` instead.
+    """
+    now = utcnow()
+    if send_at is None:
+        when = next_slot(now)
+    elif send_at == "now":
+        when = now
+    elif isinstance(send_at, datetime):
+        if send_at.tzinfo is None or send_at.utcoffset() is None:
+            raise Invalid({"send_at": "Give the time with its UTC offset, e.g. +01:00 or Z."})
+        when = send_at
+        if when < now - PAST_TOLERANCE:
+            raise Invalid({"send_at": 'That time has passed; send "now" to send at once.'})
+    else:
+        raise Invalid({"send_at": 'Give an ISO 8601 time with offset, or "now".'})
+
+    campaign = get(campaign_id)
+    allowed = list(EDITABLE)
+    if campaign.status == CampaignStatus.PAUSED and _never_started(campaign):
+        allowed.append(CampaignStatus.PAUSED)
+    campaign = _change_status(
+        campaign_id,
+        allowed,
+        "scheduled",
+        status=CampaignStatus.SCHEDULED,
+        send_at=when,
+        status_reason=None,
+    )
+    log.info("campaign %s scheduled for %s", campaign_id, when.isoformat())
+    if when <= utcnow():
+        _tick_now(campaign_id)
+    return campaign
+
+
+def _tick_now(campaign_id: int) -> None:
+    """Start a due campaign within seconds instead of waiting for the next periodic tick."""
+    from newsletter import jobs
+
+    jobs.enqueue("tick", jobs.tick, job_id=f"tick-now-{campaign_id}", timeout=300)
+
+
+def cancel(campaign_id: int) -> Campaign:
+    """Stop a scheduled, sending or paused campaign; batch jobs see it and stop."""
+    campaign = _change_status(
+        campaign_id,
+        CANCELLABLE,
+        "cancelled",
+        status=CampaignStatus.CANCELLED,
+        status_reason="Cancelled by a marketer.",
+    )
+    log.info("campaign %s cancelled", campaign_id)
+    return campaign
+
+
+def resume(campaign_id: int) -> Campaign:
+    """Continue a paused campaign where it stopped.
+
+    A campaign paused before it ever started (found overdue) has nothing to continue:
+    it is scheduled for now instead, and the tick starts it.
+    """
+    campaign = get(campaign_id)
+    if campaign.status == CampaignStatus.PAUSED and _never_started(campaign):
+        return schedule(campaign_id, "now")
+    campaign = _change_status(
+        campaign_id,
+        (CampaignStatus.PAUSED,),
+        "resumed",
+        status=CampaignStatus.SENDING,
+        status_reason=None,
+    )
+    from newsletter import sending
+
+    sending.resume(campaign_id)
+    log.info("campaign %s resumed", campaign_id)
+    return campaign
+
+
+def send_test(campaign_id: int, to: str) -> None:
+    """Send one copy to a staff address now; its unsubscribe link leads nowhere.
+
+    SMTP errors (``smtplib.SMTPException``, ``OSError``) propagate: the caller tells the
+    marketer that the mail server did not take the copy.
+    """
+    from newsletter import mailing, smtp
+
+    campaign = get(campaign_id)
+    try:
+        address = addresses.normalize(to if isinstance(to, str) else "")
+    except addresses.InvalidAddress as exc:
+        raise Invalid({"to": str(exc)}) from None
+    template = mailing.edition_template(campaign.subject, campaign.html, campaign.text)
+    unsubscribe_url = current_app.config["PUBLIC_URL"] + TEST_COPY_PATH
+    smtp.send(template.render(address, {"unsubscribe_url": unsubscribe_url}))
+    log.info("campaign %s: test copy sent", campaign_id)
+
+
+def totals(campaign: Campaign) -> dict[str, int]:
+    """Recipients, sent, failed and unknown: live while sending, stored totals after."""
+    if campaign.status in (CampaignStatus.SENDING, CampaignStatus.PAUSED, CampaignStatus.CANCELLED):
+        from newsletter import sending
+
+        return sending.live_totals(campaign)
+    return {
+        "recipients": campaign.recipients,
+        "sent": campaign.sent,
+        "failed": campaign.failed,
+        "unknown": campaign.unknown,
+    }
+
+
+def stats() -> dict:
+    """Counts only: subscribers, sign-ups awaiting confirmation, campaigns by status."""
+    by_status = dict(
+        db.session.execute(
+            select(Campaign.status, func.count(Campaign.id)).group_by(Campaign.status)
+        ).all()
+    )
+    return {
+        "subscribers": db.session.scalar(select(func.count(Subscriber.id))) or 0,
+        "pending_signups": db.session.scalar(select(func.count(PendingSignup.id))) or 0,
+        "campaigns": {status.value: by_status.get(status, 0) for status in CampaignStatus},
+    }
