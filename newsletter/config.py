@@ -172,6 +172,12 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "MANAGE_MAX_AGE": parse_duration("MANAGE_MAX_AGE", env.get("MANAGE_MAX_AGE", "24h")),
         "OVERDUE_LIMIT": parse_duration("OVERDUE_LIMIT", env.get("OVERDUE_LIMIT", "6h")),
         "SEND_LEASE": parse_duration("SEND_LEASE", env.get("SEND_LEASE", "60s")),
+        # A 4xx answer is retried after SEND_RETRY_DELAY, then twice as long each time, up to
+        # SEND_RETRY_ATTEMPTS tries in all; then the message counts as failed.
+        "SEND_RETRY_DELAY": parse_duration("SEND_RETRY_DELAY", env.get("SEND_RETRY_DELAY", "5m")),
+        "SEND_RETRY_ATTEMPTS": _int(
+            "SEND_RETRY_ATTEMPTS", env.get("SEND_RETRY_ATTEMPTS", "5"), minimum=1
+        ),
         "TICK_INTERVAL": parse_duration("TICK_INTERVAL", env.get("TICK_INTERVAL", "15s")),
         "SMTP_TIMEOUT": _float("SMTP_TIMEOUT", env.get("SMTP_TIMEOUT", "30")),
         "MONTHLY_SLOT": slot,

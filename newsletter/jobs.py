@@ -219,3 +219,7 @@ def send_manage_link(subscriber_id: int | None) -> None:
     mail = mailing.manage_mail(subscriber.email, subscriptions.manage_url(subscriber))
     send_or_explain(mail, f"manage link for subscriber {subscriber_id}")
     log.info("subscriber %s: manage link sent", subscriber_id)
+
+
+# The campaign tick tasks live with the sending code and register themselves on import.
+from newsletter import sending  # noqa: E402, F401

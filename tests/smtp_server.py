@@ -61,7 +61,7 @@ class CaptureHandler:
                 self.messages.append(
                     Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
                 )
-            session.transport.close()  # outcome unknown to the client
+            server.transport.close()  # outcome unknown to the client
             return "421 closing"
         reply = self.replies.get(recipient)
         if reply and not reply.startswith("2"):

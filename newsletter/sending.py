@@ -1,0 +1,965 @@
+"""Sending a campaign: fan-out into batches, the batch jobs, and the tick tasks behind them.
+
+The database drives everything. The tick starts due campaigns with a conditional UPDATE
+(two ticks never start one twice) and splits the subscribers into ``SendBatch`` rows over
+id ranges; only after the commit are the batch jobs enqueued. A batch job takes a lease
+on its row, sends over one SMTP connection and moves the row's cursor past a subscriber
+only after the SMTP server answered for them, in one transaction with the counters and
+the lease. A killed worker's lease runs out and the tick enqueues the batch again, so the
+next worker resumes after the cursor: nobody is skipped, and at most the message that
+was in flight goes out twice.
+
+The bookkeeping (batches, deferred deliveries) lives only while a campaign sends; when it
+ends, the totals move to the campaign row and the bookkeeping is deleted.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import re
+import secrets
+import smtplib
+import socket
+import time
+from datetime import timedelta
+
+from flask import current_app
+from rq import Queue
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
+
+from newsletter import jobs, mailing, smtp, subscriptions
+from newsletter.extensions import db, get_queue, get_redis
+from newsletter.models import (
+    BatchStatus,
+    Campaign,
+    CampaignStatus,
+    DeferredDelivery,
+    SendBatch,
+    Subscriber,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 100  # subscribers read per query inside a batch
+STATUS_CHECK_SECONDS = 1.0  # how often a running batch looks whether it was paused or cancelled
+IDLE_PROBE_SECONDS = 10.0  # a connection idle this long gets a NOOP before the next message
+
+campaigns = Campaign.__table__
+batches = SendBatch.__table__
+deferred = DeferredDelivery.__table__
+subscribers = Subscriber.__table__
+
+
+class Outcome(enum.Enum):
+    SENT = "sent"
+    DEFERRED = "deferred"  # 4xx: try again later
+    NO_MAILBOX = "no_mailbox"  # 5.1.x: the address does not exist; erase it
+    BLOCKED = "blocked"  # 5.7.x: policy or reputation block; a human must look
+    FAILED = "failed"  # any other permanent refusal
+    UNKNOWN = "unknown"  # the connection dropped after DATA: maybe delivered, never resend
+
+
+_ENHANCED_STATUS = re.compile(rb"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def classify(code: int, message: bytes | str) -> Outcome:
+    """Sort an SMTP refusal by its reply code and enhanced status code (RFC 3463)."""
+    if 400 <= code < 500:
+        return Outcome.DEFERRED
+    text = message.encode("utf-8", "replace") if isinstance(message, str) else message
+    match = _ENHANCED_STATUS.match(text or b"")
+    if match and match.group(1) == b"5":
+        if match.group(2) == b"1":
+            return Outcome.NO_MAILBOX
+        if match.group(2) == b"7":
+            return Outcome.BLOCKED
+    return Outcome.FAILED
+
+
+class _Stop(Exception):
+    """The batch must stop now (paused, cancelled, lost its lease, server gone)."""
+
+
+class _ConnectFailed(Exception):
+    """The SMTP server could not be reached; try the batch again later."""
+
+
+# --- starting a campaign ----------------------------------------------------------------
+
+
+def _requeue_grace() -> timedelta:
+    """How long a fresh batch job may wait before the tick asks Redis for it again."""
+    return timedelta(seconds=current_app.config["TICK_INTERVAL"])
+
+
+@jobs.tick_task
+def start_due_campaigns() -> None:
+    """Start every scheduled campaign whose time has come; pause long-overdue ones."""
+    now = utcnow()
+    overdue = now - timedelta(seconds=current_app.config["OVERDUE_LIMIT"])
+    due = db.session.execute(
+        select(Campaign.id, Campaign.send_at)
+        .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= now)
+        .order_by(Campaign.send_at)
+    ).all()
+    db.session.rollback()
+    for campaign_id, send_at in due:
+        if send_at < overdue:
+            _pause_overdue(campaign_id, overdue)
+        else:
+            start(campaign_id)
+
+
+def _pause_overdue(campaign_id: int, overdue) -> None:
+    reason = (
+        "Not sent: the service was not running at the scheduled time, and sending this late "
+        "needs a person's decision. Resume to send now, or schedule a new time."
+    )
+    result = db.session.execute(
+        update(campaigns)
+        .where(
+            campaigns.c.id == campaign_id,
+            campaigns.c.status == CampaignStatus.SCHEDULED,
+            campaigns.c.send_at < overdue,
+        )
+        .values(status=CampaignStatus.PAUSED, status_reason=reason, updated_at=utcnow())
+    )
+    db.session.commit()
+    if result.rowcount:
+        log.warning("campaign %s was overdue and is paused for a person to decide", campaign_id)
+
+
+def start(campaign_id: int) -> bool:
+    """Move a due campaign to sending and fan it out into batch jobs, once.
+
+    Scheduled campaigns start, and so do ones marked sending that never started (a
+    paused-overdue campaign a marketer resumed). The conditional UPDATE lets only one
+    caller through; the batches are committed in the same transaction, then enqueued.
+    """
+    now = utcnow()
+    claimed = db.session.execute(
+        update(campaigns)
+        .where(
+            campaigns.c.id == campaign_id,
+            campaigns.c.started_at.is_(None),
+            or_(
+                and_(campaigns.c.status == CampaignStatus.SCHEDULED, campaigns.c.send_at <= now),
+                campaigns.c.status == CampaignStatus.SENDING,
+            ),
+        )
+        .values(
+            status=CampaignStatus.SENDING,
+            status_reason=None,
+            started_at=now,
+            finished_at=None,
+            updated_at=now,
+            recipients=0,
+            sent=0,
+            failed=0,
+            unknown=0,
+        )
+    )
+    if claimed.rowcount != 1:
+        db.session.rollback()
+        return False
+    started = time.monotonic()
+    recipients = _fan_out(campaign_id, now + _requeue_grace())
+    db.session.execute(
+        update(campaigns).where(campaigns.c.id == campaign_id).values(recipients=recipients)
+    )
+    db.session.commit()
+    pending = db.session.execute(
+        select(batches.c.id, batches.c.attempts).where(batches.c.campaign_id == campaign_id)
+    ).all()
+    db.session.rollback()
+    _enqueue_new(pending)
+    log.info(
+        "campaign %s started: %d recipients in %d batches (%.2f s)",
+        campaign_id,
+        recipients,
+        len(pending),
+        time.monotonic() - started,
+    )
+    if not pending:
+        finish_if_done(campaign_id)
+    return True
+
+
+def _fan_out(campaign_id: int, not_before) -> int:
+    """Insert the batch rows over subscriber id ranges; return the number of recipients.
+
+    Keyset windows of BATCH_SIZE ids: the database returns only each window's bounds and
+    count, so the subscriber list is never loaded.
+    """
+    size = current_app.config["BATCH_SIZE"]
+    after_id = bindparam("after_id")
+    window = (
+        select(subscribers.c.id)
+        .where(subscribers.c.id > after_id)
+        .order_by(subscribers.c.id)
+        .limit(size)
+        .subquery()
+    )
+    bounds = select(func.min(window.c.id), func.max(window.c.id), func.count())
+    rows, total, after = [], 0, 0
+    while True:
+        first, last, count = db.session.execute(bounds, {"after_id": after}).one()
+        if not count:
+            break
+        rows.append(
+            {
+                "campaign_id": campaign_id,
+                "first_id": first,
+                "last_id": last,
+                "cursor": first - 1,
+                "status": BatchStatus.QUEUED,
+                "lease_until": not_before,
+                "attempts": 0,
+                "sent": 0,
+                "failed": 0,
+                "unknown": 0,
+            }
+        )
+        total += count
+        after = last
+    if rows:
+        db.session.execute(insert(batches), rows)
+    return total
+
+
+def _job_id(batch_id: int, attempts: int) -> str:
+    # The attempt number makes a re-enqueue after a lost lease a new job, while asking
+    # again for a batch whose job still waits in Redis is refused as a duplicate.
+    return f"batch-{batch_id}-{attempts}"
+
+
+def _batch_timeout() -> int:
+    rate = current_app.config["SEND_RATE"]
+    size = current_app.config["BATCH_SIZE"]
+    return 600 + (math.ceil(2 * size / rate) if rate else 0)
+
+
+def _enqueue_new(pending) -> None:
+    """Enqueue fresh batch jobs in one Redis round trip."""
+    if not pending:
+        return
+    queue = get_queue("send")
+    timeout = _batch_timeout()
+    with get_redis().pipeline() as pipe:
+        queue.enqueue_many(
+            [
+                Queue.prepare_data(
+                    send_batch,
+                    (batch_id,),
+                    job_id=_job_id(batch_id, attempts),
+                    timeout=timeout,
+                    result_ttl=0,
+                    failure_ttl=jobs.FAILURE_TTL,
+                    description="send_batch",
+                )
+                for batch_id, attempts in pending
+            ],
+            pipeline=pipe,
+        )
+        pipe.execute()
+
+
+def _enqueue_again(batch_id: int, attempts: int) -> None:
+    """Enqueue a batch unless its job still waits; a failed job's id is freed first."""
+    job_id = _job_id(batch_id, attempts)
+    for _ in range(2):
+        try:
+            get_queue("send").enqueue(
+                send_batch,
+                batch_id,
+                job_id=job_id,
+                unique=True,
+                description="send_batch",
+                result_ttl=0,
+                failure_ttl=jobs.FAILURE_TTL,
+                job_timeout=_batch_timeout(),
+            )
+            return
+        except DuplicateJobError:
+            try:
+                job = Job.fetch(job_id, connection=get_redis())
+            except NoSuchJobError:
+                continue  # it finished a moment ago
+            if job.get_status(refresh=False) not in (
+                JobStatus.FAILED,
+                JobStatus.STOPPED,
+                JobStatus.CANCELED,
+            ):
+                return  # it waits in the queue or runs: nothing to do
+            job.delete()
+
+
+# --- the batch job --------------------------------------------------------------------
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _lease_until():
+    return utcnow() + timedelta(seconds=current_app.config["SEND_LEASE"])
+
+
+@jobs.job
+def send_batch(batch_id: int) -> None:
+    """Send one batch, resuming after its cursor; exit quietly when it is not ours to send."""
+    owner = _owner()
+    now = utcnow()
+    claimed = db.session.execute(
+        update(batches)
+        .where(
+            batches.c.id == batch_id,
+            or_(
+                batches.c.status == BatchStatus.QUEUED,
+                and_(batches.c.status == BatchStatus.RUNNING, batches.c.lease_until < now),
+            ),
+            exists().where(
+                campaigns.c.id == batches.c.campaign_id,
+                campaigns.c.status == CampaignStatus.SENDING,
+            ),
+        )
+        .values(
+            status=BatchStatus.RUNNING,
+            lease_owner=owner,
+            lease_until=_lease_until(),
+            attempts=batches.c.attempts + 1,
+        )
+    )
+    db.session.commit()
+    if claimed.rowcount != 1:
+        return
+    run = BatchRun(batch_id, owner)
+    run.send()
+
+
+class _Sender:
+    """What the batch job and the deferred-retry job share: a connection, the edition,
+    the rate limit and the look at the campaign's status."""
+
+    def __init__(self, campaign_id: int) -> None:
+        self.campaign_id = campaign_id
+        campaign = db.session.get(Campaign, campaign_id)
+        self.template = mailing.edition_template(campaign.subject, campaign.html, campaign.text)
+        db.session.rollback()
+        self.rate = current_app.config["SEND_RATE"]
+        self.lease = current_app.config["SEND_LEASE"]
+        self.next_check = 0.0
+        self.last_used = time.monotonic()
+        self.conn: smtp.SmtpConnection | None = None
+
+    # -- the connection
+
+    def open(self) -> None:
+        try:
+            self.conn = smtp.connect()
+            self.conn.host = self.conn.configure_host()
+        except (OSError, smtplib.SMTPException) as exc:
+            self.conn = None
+            raise _ConnectFailed(type(exc).__name__) from None
+        self.last_used = time.monotonic()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.__exit__(None, None, None)
+            self.conn = None
+
+    def _ready(self) -> None:
+        """Reconnect when the server closed the connection (421) or it sat idle too long."""
+        host = self.conn.host if self.conn is not None else None
+        healthy = host is not None and host.sock is not None
+        if healthy and time.monotonic() - self.last_used > IDLE_PROBE_SECONDS:
+            try:
+                healthy = host.noop()[0] == 250
+            except (OSError, smtplib.SMTPException):
+                healthy = False
+        if not healthy:
+            self.close()
+            self.open()
+
+    def deliver(self, mail: mailing.OutgoingMail) -> tuple[Outcome, str]:
+        """Hand one message to the server and sort its answer."""
+        self._ready()
+        try:
+            self.conn.deliver(mail)
+            return Outcome.SENT, ""
+        except smtplib.SMTPServerDisconnected:
+            # Dropped while the message was under way: it may have been delivered.
+            self.close()
+            return Outcome.UNKNOWN, "connection dropped"
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, message = next(iter(exc.recipients.values()))
+        except smtplib.SMTPResponseException as exc:
+            code, message = exc.smtp_code, exc.smtp_error
+        finally:
+            self.last_used = time.monotonic()
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        return classify(code, message), f"{code} {text}"[:200]
+
+    # -- pacing and status
+
+    def wait_for_rate(self) -> None:
+        """Hold SEND_RATE messages per second across all workers (a Redis counter per window)."""
+        if not self.rate:
+            return
+        window = max(1.0, 1.0 / self.rate)
+        allowance = max(1, round(self.rate * window))
+        redis = get_redis()
+        while True:
+            now = time.time()
+            slot = int(now // window)
+            key = f"nl:send-rate:{slot}"
+            with redis.pipeline() as pipe:
+                pipe.incr(key)
+                pipe.expire(key, math.ceil(window) + 1)
+                count = pipe.execute()[0]
+            if count <= allowance:
+                return
+            time.sleep(max(0.001, (slot + 1) * window - time.time()))
+            self.check()
+
+    def check(self, force: bool = False) -> None:
+        """At least once a second: stop when the campaign is no longer sending."""
+        if not force and time.monotonic() < self.next_check:
+            return
+        self.next_check = time.monotonic() + STATUS_CHECK_SECONDS
+        status = db.session.scalar(
+            select(campaigns.c.status).where(campaigns.c.id == self.campaign_id)
+        )
+        db.session.rollback()
+        if status != CampaignStatus.SENDING:
+            self.stopped()
+            raise _Stop(f"campaign {status}")
+        self.renew()
+
+    def stopped(self) -> None:
+        """Give back what this run holds so that others can take it."""
+
+    def renew(self) -> None:
+        """Extend this run's lease."""
+
+    def pause(self, reason: str) -> None:
+        """A 5.7.x block: pause the campaign for a person to look at."""
+        db.session.execute(
+            update(campaigns)
+            .where(campaigns.c.id == self.campaign_id, campaigns.c.status == CampaignStatus.SENDING)
+            .values(status=CampaignStatus.PAUSED, status_reason=reason[:500], updated_at=utcnow())
+        )
+        db.session.commit()
+        log.warning("campaign %s paused: the mail server refused by policy", self.campaign_id)
+
+
+class BatchRun(_Sender):
+    """One worker's run over one leased batch."""
+
+    def __init__(self, batch_id: int, owner: str) -> None:
+        row = db.session.execute(select(batches).where(batches.c.id == batch_id)).one()
+        super().__init__(row.campaign_id)
+        self.batch_id = batch_id
+        self.owner = owner
+        self.cursor = row.cursor
+        self.last_id = row.last_id
+        self._checkpoint = (
+            update(batches)
+            .where(batches.c.id == batch_id, batches.c.lease_owner == owner)
+            .values(
+                cursor=bindparam("new_cursor"),
+                sent=batches.c.sent + bindparam("add_sent"),
+                failed=batches.c.failed + bindparam("add_failed"),
+                unknown=batches.c.unknown + bindparam("add_unknown"),
+                lease_until=bindparam("until"),
+            )
+        )
+        self._page = (
+            select(subscribers.c.id, subscribers.c.email, subscribers.c.token_key)
+            .where(subscribers.c.id > bindparam("after"), subscribers.c.id <= self.last_id)
+            .order_by(subscribers.c.id)
+            .limit(PAGE_SIZE)
+        )
+        self._still_there = select(subscribers.c.id).where(subscribers.c.id == bindparam("sid"))
+
+    def send(self) -> None:
+        try:
+            self.open()
+        except _ConnectFailed as exc:
+            self.release(delay=self.lease)
+            log.warning("batch %s: SMTP server unreachable (%s); retry later", self.batch_id, exc)
+            return
+        try:
+            self._send_pages()
+        except _ConnectFailed as exc:
+            self.release(delay=self.lease)
+            log.warning("batch %s: SMTP server unreachable (%s); retry later", self.batch_id, exc)
+            return
+        except _Stop as exc:
+            log.info("batch %s stopped: %s", self.batch_id, exc)
+            return
+        finally:
+            self.close()
+        done = db.session.execute(
+            update(batches)
+            .where(batches.c.id == self.batch_id, batches.c.lease_owner == self.owner)
+            .values(status=BatchStatus.DONE, lease_owner=None, lease_until=None)
+        )
+        db.session.commit()
+        if done.rowcount:
+            log.info("batch %s done", self.batch_id)
+            finish_if_done(self.campaign_id)
+
+    def _send_pages(self) -> None:
+        while True:
+            page = db.session.execute(self._page, {"after": self.cursor}).all()
+            db.session.rollback()
+            if not page:
+                return
+            for subscriber in page:
+                self.check()
+                self._send_one(subscriber)
+
+    def _send_one(self, subscriber) -> None:
+        # Re-read right before sending: who unsubscribed a moment ago gets nothing more.
+        if db.session.execute(self._still_there, {"sid": subscriber.id}).first() is None:
+            db.session.rollback()
+            self._advance(subscriber.id)
+            return
+        db.session.rollback()
+        mail = self.template.render(
+            subscriber.email, {"unsubscribe_url": subscriptions.unsubscribe_url(subscriber)}
+        )
+        self.wait_for_rate()
+        outcome, reply = self.deliver(mail)
+        if outcome is Outcome.SENT:
+            self._advance(subscriber.id, sent=1)
+        elif outcome is Outcome.UNKNOWN:
+            self._advance(subscriber.id, unknown=1)
+        elif outcome is Outcome.DEFERRED:
+            db.session.execute(
+                insert(deferred).values(
+                    campaign_id=self.campaign_id,
+                    subscriber_id=subscriber.id,
+                    attempts=1,
+                    next_attempt_at=utcnow() + _retry_delay(1),
+                )
+            )
+            self._advance(subscriber.id)
+        elif outcome is Outcome.NO_MAILBOX:
+            self._advance(subscriber.id, failed=1)
+            _erase_undeliverable(subscriber.id)
+        elif outcome is Outcome.BLOCKED:
+            self.pause(
+                f"The mail server refused by policy ({reply}). Check the sending "
+                "setup and reputation, then resume."
+            )
+            self.release()
+            raise _Stop("policy block")
+        else:
+            self._advance(subscriber.id, failed=1)
+
+    def _advance(self, subscriber_id: int, sent: int = 0, failed: int = 0, unknown: int = 0):
+        """Move the checkpoint past ``subscriber_id``: counters and lease in one commit."""
+        result = db.session.execute(
+            self._checkpoint,
+            {
+                "new_cursor": subscriber_id,
+                "add_sent": sent,
+                "add_failed": failed,
+                "add_unknown": unknown,
+                "until": _lease_until(),
+            },
+        )
+        db.session.commit()
+        if result.rowcount != 1:
+            raise _Stop("lease lost to another worker")
+        self.cursor = subscriber_id
+
+    def renew(self) -> None:
+        result = db.session.execute(
+            update(batches)
+            .where(batches.c.id == self.batch_id, batches.c.lease_owner == self.owner)
+            .values(lease_until=_lease_until())
+        )
+        db.session.commit()
+        if result.rowcount != 1:
+            raise _Stop("lease lost to another worker")
+
+    def stopped(self) -> None:
+        self.release()
+
+    def release(self, delay: float | None = None) -> None:
+        """Hand the batch back: queued, to be enqueued again by the tick or a resume."""
+        db.session.execute(
+            update(batches)
+            .where(batches.c.id == self.batch_id, batches.c.lease_owner == self.owner)
+            .values(
+                status=BatchStatus.QUEUED,
+                lease_owner=None,
+                lease_until=utcnow() + timedelta(seconds=delay) if delay else None,
+            )
+        )
+        db.session.commit()
+
+
+def _retry_delay(attempts: int) -> timedelta:
+    base = current_app.config["SEND_RETRY_DELAY"]
+    return timedelta(seconds=base * 2 ** (attempts - 1))
+
+
+def _erase_undeliverable(subscriber_id: int) -> None:
+    """A 5.1.x answer: the address does not exist, so we stop holding it."""
+    subscriber = db.session.get(Subscriber, subscriber_id)
+    if subscriber is not None:
+        subscriptions.erase(subscriber, "undeliverable")
+
+
+# --- deferred deliveries (4xx) -----------------------------------------------------------
+
+
+@jobs.tick_task
+def retry_deferred() -> None:
+    """Enqueue a retry job for each sending campaign with deferred messages now due."""
+    now = utcnow()
+    due = db.session.scalars(
+        select(deferred.c.campaign_id)
+        .distinct()
+        .join(campaigns, campaigns.c.id == deferred.c.campaign_id)
+        .where(
+            campaigns.c.status == CampaignStatus.SENDING,
+            deferred.c.next_attempt_at <= now,
+            or_(deferred.c.lease_until.is_(None), deferred.c.lease_until < now),
+        )
+    ).all()
+    db.session.rollback()
+    slot = int(time.time() // current_app.config["TICK_INTERVAL"])
+    for campaign_id in due:
+        jobs.enqueue(
+            "send",
+            send_deferred,
+            campaign_id,
+            job_id=f"deferred-{campaign_id}-{slot}",
+            timeout=_batch_timeout(),
+        )
+
+
+@jobs.job
+def send_deferred(campaign_id: int) -> None:
+    """Try the due deferred messages of one campaign again, each under its own lease."""
+    if db.session.scalar(select(campaigns.c.status).where(campaigns.c.id == campaign_id)) != (
+        CampaignStatus.SENDING
+    ):
+        return
+    run = DeferredRun(campaign_id)
+    try:
+        run.open()
+    except _ConnectFailed as exc:
+        log.warning("campaign %s: SMTP server unreachable (%s); retry later", campaign_id, exc)
+        return
+    try:
+        while run.send_next():
+            pass
+    except (_Stop, _ConnectFailed) as exc:
+        log.info("campaign %s: retries stopped: %s", campaign_id, exc)
+        return
+    finally:
+        run.close()
+    finish_if_done(campaign_id)
+
+
+class DeferredRun(_Sender):
+    """Retries of 4xx answers; the campaign row counts their outcomes."""
+
+    def __init__(self, campaign_id: int) -> None:
+        super().__init__(campaign_id)
+        self.row_id: int | None = None
+
+    def send_next(self) -> bool:
+        """Claim and send one due deferred message; return False when none is left."""
+        self.check()
+        now = utcnow()
+        candidates = db.session.scalars(
+            select(deferred.c.id)
+            .where(
+                deferred.c.campaign_id == self.campaign_id,
+                deferred.c.next_attempt_at <= now,
+                or_(deferred.c.lease_until.is_(None), deferred.c.lease_until < now),
+            )
+            .order_by(deferred.c.id)
+            .limit(PAGE_SIZE)
+        ).all()
+        db.session.rollback()
+        for row_id in candidates:
+            claimed = db.session.execute(
+                update(deferred)
+                .where(
+                    deferred.c.id == row_id,
+                    or_(deferred.c.lease_until.is_(None), deferred.c.lease_until < now),
+                )
+                .values(lease_until=_lease_until())
+            )
+            db.session.commit()
+            if claimed.rowcount == 1:
+                self.row_id = row_id
+                self._send(row_id)
+                self.row_id = None
+                return True
+        return False
+
+    def _send(self, row_id: int) -> None:
+        row = db.session.execute(
+            select(
+                deferred.c.attempts, subscribers.c.id, subscribers.c.email, subscribers.c.token_key
+            )
+            .join(subscribers, subscribers.c.id == deferred.c.subscriber_id)
+            .where(deferred.c.id == row_id)
+        ).first()
+        db.session.rollback()
+        if row is None:
+            return  # the subscriber left; the row went with them
+        mail = self.template.render(
+            row.email, {"unsubscribe_url": subscriptions.unsubscribe_url(row)}
+        )
+        self.wait_for_rate()
+        outcome, reply = self.deliver(mail)
+        if outcome is Outcome.DEFERRED and row.attempts < current_app.config["SEND_RETRY_ATTEMPTS"]:
+            db.session.execute(
+                update(deferred)
+                .where(deferred.c.id == row_id)
+                .values(
+                    attempts=row.attempts + 1,
+                    next_attempt_at=utcnow() + _retry_delay(row.attempts + 1),
+                    lease_until=None,
+                )
+            )
+            db.session.commit()
+            return
+        if outcome is Outcome.BLOCKED:
+            self.pause(
+                f"The mail server refused by policy ({reply}). Check the sending "
+                "setup and reputation, then resume."
+            )
+            self.stopped()
+            raise _Stop("policy block")
+        counter = {
+            Outcome.SENT: campaigns.c.sent,
+            Outcome.UNKNOWN: campaigns.c.unknown,
+        }.get(outcome, campaigns.c.failed)
+        db.session.execute(delete(deferred).where(deferred.c.id == row_id))
+        db.session.execute(
+            update(campaigns)
+            .where(campaigns.c.id == self.campaign_id)
+            .values({counter: counter + 1})
+        )
+        db.session.commit()
+        if outcome is Outcome.NO_MAILBOX:
+            _erase_undeliverable(row.id)
+
+    def stopped(self) -> None:
+        if self.row_id is not None:
+            db.session.execute(
+                update(deferred).where(deferred.c.id == self.row_id).values(lease_until=None)
+            )
+            db.session.commit()
+
+
+# --- recovery, finishing, totals ---------------------------------------------------------
+
+
+@jobs.tick_task
+def recover_batches() -> None:
+    """Enqueue again the batches of sending campaigns that nobody holds.
+
+    That is a queued batch whose job may be lost (Redis emptied) and a running batch whose
+    lease ran out (its worker was killed). A job that still waits is not duplicated.
+    """
+    now = utcnow()
+    orphans = db.session.execute(
+        select(batches.c.id, batches.c.attempts)
+        .join(campaigns, campaigns.c.id == batches.c.campaign_id)
+        .where(
+            campaigns.c.status == CampaignStatus.SENDING,
+            batches.c.status != BatchStatus.DONE,
+            or_(batches.c.lease_until.is_(None), batches.c.lease_until < now),
+        )
+        .order_by(batches.c.id)
+    ).all()
+    db.session.rollback()
+    for batch_id, attempts in orphans:
+        _enqueue_again(batch_id, attempts)
+
+
+@jobs.tick_task
+def finish_campaigns() -> None:
+    """Finish sending campaigns with nothing left; settle cancelled ones."""
+    sending = db.session.scalars(
+        select(campaigns.c.id).where(campaigns.c.status == CampaignStatus.SENDING)
+    ).all()
+    cancelled = db.session.scalars(
+        select(campaigns.c.id)
+        .where(campaigns.c.status == CampaignStatus.CANCELLED)
+        .where(
+            or_(
+                exists().where(batches.c.campaign_id == campaigns.c.id),
+                exists().where(deferred.c.campaign_id == campaigns.c.id),
+            )
+        )
+    ).all()
+    db.session.rollback()
+    for campaign_id in sending:
+        finish_if_done(campaign_id)
+    for campaign_id in cancelled:
+        settle_cancelled(campaign_id)
+
+
+def _sum(column, campaign_id: int):
+    return (
+        select(func.coalesce(func.sum(column), 0))
+        .where(batches.c.campaign_id == campaign_id)
+        .scalar_subquery()
+    )
+
+
+def _totals_into_campaign(campaign_id: int, *conditions, **values):
+    """One UPDATE that adds the batch counters to the campaign row, if ``conditions`` hold."""
+    return db.session.execute(
+        update(campaigns)
+        .where(campaigns.c.id == campaign_id, *conditions)
+        .values(
+            sent=campaigns.c.sent + _sum(batches.c.sent, campaign_id),
+            failed=campaigns.c.failed + _sum(batches.c.failed, campaign_id),
+            unknown=campaigns.c.unknown + _sum(batches.c.unknown, campaign_id),
+            updated_at=utcnow(),
+            **values,
+        )
+    )
+
+
+def _delete_bookkeeping(campaign_id: int) -> None:
+    db.session.execute(delete(batches).where(batches.c.campaign_id == campaign_id))
+    db.session.execute(delete(deferred).where(deferred.c.campaign_id == campaign_id))
+
+
+def finish_if_done(campaign_id: int) -> bool:
+    """Mark the campaign sent once every batch is done and no retry is left.
+
+    The totals move to the campaign row and the bookkeeping is deleted in the same
+    transaction; the conditional UPDATE lets exactly one of several callers do it.
+    """
+    now = utcnow()
+    result = _totals_into_campaign(
+        campaign_id,
+        campaigns.c.status == CampaignStatus.SENDING,
+        ~exists().where(batches.c.campaign_id == campaign_id, batches.c.status != BatchStatus.DONE),
+        ~exists().where(deferred.c.campaign_id == campaign_id),
+        status=CampaignStatus.SENT,
+        finished_at=now,
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        return False
+    _delete_bookkeeping(campaign_id)
+    db.session.commit()
+    log.info("campaign %s sent", campaign_id)
+    return True
+
+
+def settle_cancelled(campaign_id: int) -> bool:
+    """Keep the totals of a cancelled campaign and delete its bookkeeping.
+
+    Waits while a batch still holds a live lease: that run stops within a second or so
+    and its last checkpoint should count.
+    """
+    now = utcnow()
+    live = and_(
+        batches.c.campaign_id == campaign_id,
+        batches.c.status == BatchStatus.RUNNING,
+        batches.c.lease_until >= now,
+    )
+    result = _totals_into_campaign(
+        campaign_id,
+        campaigns.c.status == CampaignStatus.CANCELLED,
+        ~exists().where(live),
+        finished_at=now,
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        return False
+    _delete_bookkeeping(campaign_id)
+    db.session.commit()
+    log.info("campaign %s cancelled; bookkeeping deleted", campaign_id)
+    return True
+
+
+def live_totals(campaign: Campaign) -> dict[str, int]:
+    """Recipients, sent, failed and unknown so far: stored totals plus the running batches."""
+    sent, failed, unknown = db.session.execute(
+        select(
+            func.coalesce(func.sum(batches.c.sent), 0),
+            func.coalesce(func.sum(batches.c.failed), 0),
+            func.coalesce(func.sum(batches.c.unknown), 0),
+        ).where(batches.c.campaign_id == campaign.id)
+    ).one()
+    row = db.session.execute(
+        select(
+            campaigns.c.recipients, campaigns.c.sent, campaigns.c.failed, campaigns.c.unknown
+        ).where(campaigns.c.id == campaign.id)
+    ).one()
+    return {
+        "recipients": row.recipients,
+        "sent": row.sent + sent,
+        "failed": row.failed + failed,
+        "unknown": row.unknown + unknown,
+    }
+
+
+def resume(campaign_id: int) -> bool:
+    """Continue a campaign where it stopped: enqueue its unfinished batches again.
+
+    The caller has moved it from paused to sending (a paused one is moved here too). A
+    campaign that never started is started now.
+    """
+    db.session.execute(
+        update(campaigns)
+        .where(campaigns.c.id == campaign_id, campaigns.c.status == CampaignStatus.PAUSED)
+        .values(status=CampaignStatus.SENDING, status_reason=None, updated_at=utcnow())
+    )
+    db.session.commit()
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None or campaign.status != CampaignStatus.SENDING:
+        return False
+    if campaign.started_at is None:
+        return start(campaign_id)
+    now = utcnow()
+    # A batch released by the pause is queued; free it from any backoff, then enqueue.
+    db.session.execute(
+        update(batches)
+        .where(batches.c.campaign_id == campaign_id, batches.c.status == BatchStatus.QUEUED)
+        .values(lease_until=now + _requeue_grace())
+    )
+    db.session.execute(
+        update(deferred).where(deferred.c.campaign_id == campaign_id).values(lease_until=None)
+    )
+    db.session.commit()
+    waiting = db.session.execute(
+        select(batches.c.id, batches.c.attempts).where(
+            batches.c.campaign_id == campaign_id,
+            or_(
+                batches.c.status == BatchStatus.QUEUED,
+                and_(batches.c.status == BatchStatus.RUNNING, batches.c.lease_until < now),
+            ),
+        )
+    ).all()
+    db.session.rollback()
+    for batch_id, attempts in waiting:
+        _enqueue_again(batch_id, attempts)
+    finish_if_done(campaign_id)
+    log.info("campaign %s resumed: %d batches enqueued", campaign_id, len(waiting))
+    return True

@@ -1,0 +1,495 @@
+"""Sending a campaign: fan-out, batch jobs, SMTP outcomes, pause/resume and recovery.
+
+These run the jobs in this process (RQ's SimpleWorker) against the real SMTP fixture,
+Redis and database; test_send_faults.py kills and races real worker processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from newsletter import consent, jobs, sending, subscriptions
+from newsletter.extensions import db, get_queue, get_redis
+from newsletter.models import (
+    BatchStatus,
+    Campaign,
+    CampaignStatus,
+    DeferredDelivery,
+    SendBatch,
+    Subscriber,
+    Tally,
+    utcnow,
+)
+from tests.conftest import link_in
+
+BATCH = 10
+
+
+@pytest.fixture
+def app_config():
+    return {"BATCH_SIZE": BATCH, "TICK_INTERVAL": 1, "SEND_LEASE": 2, "SEND_RETRY_DELAY": 1}
+
+
+# --- helpers (also used by test_send_faults.py) ----------------------------------------
+
+
+def add_subscribers(count: int, prefix: str = "reader") -> list[int]:
+    """Store ``count`` confirmed subscribers directly; return their ids in order."""
+    consent_id = consent.current().id
+    rows = [
+        Subscriber(
+            email=f"{prefix}{i}@example.com", requested_at=utcnow(), consent_text_id=consent_id
+        )
+        for i in range(count)
+    ]
+    db.session.add_all(rows)
+    db.session.commit()
+    return [row.id for row in rows]
+
+
+def add_campaign(status=CampaignStatus.SCHEDULED, send_at=None) -> int:
+    campaign = Campaign(
+        subject="The November edition",
+        html="<h1>News</h1><p>Version 4.2 is out.</p>",
+        text="News\n\nVersion 4.2 is out.",
+        status=status,
+        send_at=send_at or utcnow() - timedelta(seconds=1),
+    )
+    db.session.add(campaign)
+    db.session.commit()
+    return campaign.id
+
+
+def campaign_row(campaign_id: int) -> Campaign:
+    db.session.expire_all()
+    return db.session.get(Campaign, campaign_id)
+
+
+def count(model, *where) -> int:
+    db.session.expire_all()
+    return db.session.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def address(subscriber_id: int) -> str:
+    return db.session.get(Subscriber, subscriber_id).email
+
+
+def copies_per_recipient(smtp) -> dict[str, int]:
+    copies: dict[str, int] = {}
+    for message in smtp.messages:
+        for rcpt in message.rcpt_tos:
+            copies[rcpt] = copies.get(rcpt, 0) + 1
+    return copies
+
+
+def totals(campaign_id: int) -> dict[str, int]:
+    return sending.live_totals(campaign_row(campaign_id))
+
+
+# --- the happy path --------------------------------------------------------------------
+
+
+def test_fan_out_covers_every_subscriber_in_keyset_batches(app):
+    ids = add_subscribers(45)
+    campaign_id = add_campaign()
+
+    assert sending.start(campaign_id)
+
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.SENDING and campaign.started_at is not None
+    assert campaign.recipients == 45
+    batches = db.session.scalars(select(SendBatch).order_by(SendBatch.first_id)).all()
+    assert [(b.first_id, b.last_id) for b in batches] == [
+        (ids[i], ids[min(i + BATCH, 45) - 1]) for i in range(0, 45, BATCH)
+    ]
+    assert all(b.cursor == b.first_id - 1 and b.status == BatchStatus.QUEUED for b in batches)
+    queued = get_queue("send").get_jobs()
+    assert sorted(job.id for job in queued) == sorted(f"batch-{b.id}-0" for b in batches)
+    # Jobs carry ids only: nothing personal in Redis.
+    assert all(job.args == (b,) for job, b in zip(queued, [j.args[0] for j in queued], strict=True))
+    for key in get_redis().scan_iter():
+        assert b"@example.com" not in key
+        if get_redis().type(key) == b"hash":
+            assert not any(b"@example.com" in v for v in get_redis().hgetall(key).values())
+
+
+def test_full_send_gives_each_reader_one_mail_with_their_own_unsubscribe_link(app, work, smtp):
+    ids = add_subscribers(50)
+    campaign_id = add_campaign()
+
+    jobs.tick()
+    work()
+
+    copies = copies_per_recipient(smtp)
+    assert len(copies) == 50 and set(copies.values()) == {1}
+    for subscriber_id in ids:
+        subscriber = db.session.get(Subscriber, subscriber_id)
+        [mail] = smtp.to(subscriber.email)
+        url = subscriptions.unsubscribe_url(subscriber)
+        assert link_in(mail.text, "unsubscribe") == url
+        assert link_in(mail.html, "unsubscribe") == url
+        assert mail.message["List-Unsubscribe"] == f"<{url}>"
+        assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert mail.message["Subject"] == "The November edition"
+        assert f"<{url}>".encode() in mail.data  # plain on the wire, not RFC 2047-encoded
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.SENT and campaign.finished_at is not None
+    assert (campaign.recipients, campaign.sent, campaign.failed, campaign.unknown) == (50, 50, 0, 0)
+    # The bookkeeping lives only while sending.
+    assert count(SendBatch) == 0 and count(DeferredDelivery) == 0
+
+
+def test_campaign_without_subscribers_is_sent_at_once(app, work):
+    campaign_id = add_campaign()
+    jobs.tick()
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.SENT and campaign.recipients == 0
+
+
+def test_future_campaign_is_not_started(app, work, smtp):
+    add_subscribers(3)
+    campaign_id = add_campaign(send_at=utcnow() + timedelta(minutes=5))
+    jobs.tick()
+    work()
+    assert campaign_row(campaign_id).status == CampaignStatus.SCHEDULED
+    assert smtp.messages == [] and count(SendBatch) == 0
+
+
+def test_concurrent_ticks_start_a_campaign_once(app, work, smtp):
+    add_subscribers(30)
+    campaign_id = add_campaign()
+    barrier = threading.Barrier(4)
+
+    def tick():
+        with app.app_context():
+            barrier.wait()
+            sending.start_due_campaigns()
+            db.session.remove()
+
+    threads = [threading.Thread(target=tick) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not sending.start(campaign_id)  # and once more, after the fact
+
+    assert count(SendBatch) == 3
+    assert get_queue("send").count == 3
+    jobs.tick()
+    work()
+    assert set(copies_per_recipient(smtp).values()) == {1}
+    assert len(smtp.messages) == 30
+    assert campaign_row(campaign_id).status == CampaignStatus.SENT
+
+
+def test_batch_job_run_twice_sends_nothing_twice(app, work, smtp):
+    add_subscribers(12)
+    campaign_id = add_campaign()
+    sending.start(campaign_id)
+    batch_ids = db.session.scalars(select(SendBatch.id)).all()
+    work()
+    for batch_id in batch_ids:  # a duplicate job arriving late
+        sending.send_batch(batch_id)
+    assert len(smtp.messages) == 12
+    assert campaign_row(campaign_id).sent == 12
+
+
+def test_overdue_campaign_waits_for_a_person(app, work, smtp):
+    add_subscribers(3)
+    campaign_id = add_campaign(send_at=utcnow() - timedelta(seconds=app.config["OVERDUE_LIMIT"] + 60))
+
+    jobs.tick()
+    work()
+
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.PAUSED
+    assert "scheduled time" in campaign.status_reason
+    assert smtp.messages == [] and count(SendBatch) == 0
+
+    assert sending.resume(campaign_id)  # a marketer decides to send it now
+    work()
+    assert len(smtp.messages) == 3
+    assert campaign_row(campaign_id).status == CampaignStatus.SENT
+
+
+# --- Redis emptied -----------------------------------------------------------------------
+
+
+def test_redis_emptied_after_scheduling_loses_nothing(app, work, smtp):
+    add_subscribers(5)
+    campaign_id = add_campaign()
+    get_redis().flushdb()
+    jobs.tick()
+    work()
+    assert len(smtp.messages) == 5
+    assert campaign_row(campaign_id).status == CampaignStatus.SENT
+
+
+def test_redis_emptied_after_fan_out_is_recovered_by_the_tick(app, work, smtp):
+    add_subscribers(25)
+    campaign_id = add_campaign()
+    sending.start(campaign_id)
+    get_redis().flushdb()  # the batch jobs are gone
+
+    jobs.tick()  # too early: the fresh batches get a grace period
+    assert get_queue("send").count == 0
+    time.sleep(app.config["TICK_INTERVAL"] + 0.1)
+    jobs.tick()
+    assert get_queue("send").count == 3
+    jobs.tick()  # asking again does not duplicate waiting jobs
+    assert get_queue("send").count == 3
+    work()
+
+    assert set(copies_per_recipient(smtp).values()) == {1} and len(smtp.messages) == 25
+    assert campaign_row(campaign_id).status == CampaignStatus.SENT
+
+
+def test_expired_lease_of_a_vanished_worker_is_taken_over(app, work, smtp):
+    ids = add_subscribers(10)
+    campaign_id = add_campaign()
+    sending.start(campaign_id)
+    get_redis().flushdb()
+    # A worker claimed the batch, sent to the first four, and died.
+    batch = db.session.scalar(select(SendBatch))
+    batch.status, batch.lease_owner, batch.attempts = BatchStatus.RUNNING, "dead-worker", 1
+    batch.cursor, batch.sent = ids[3], 4
+    batch.lease_until = utcnow() + timedelta(seconds=1)
+    db.session.commit()
+    batch_id = batch.id
+
+    jobs.tick()
+    assert get_queue("send").count == 0  # the lease still holds
+    time.sleep(1.1)
+    jobs.tick()
+    assert get_queue("send").job_ids == [f"batch-{batch_id}-1"]
+    work()
+
+    assert sorted(copies_per_recipient(smtp)) == sorted(address(i) for i in ids[4:])
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.SENT and campaign.sent == 10
+
+
+# --- SMTP outcomes -----------------------------------------------------------------------
+
+
+def test_4xx_is_retried_with_backoff_and_then_delivered(app, work, smtp):
+    ids = add_subscribers(15)
+    busy = address(ids[7])
+    smtp.handler.replies[busy] = "451 4.3.0 mailbox busy, try later"
+    campaign_id = add_campaign()
+
+    jobs.tick()
+    work()
+
+    assert smtp.to(busy) == [] and len(smtp.messages) == 14
+    [row] = db.session.scalars(select(DeferredDelivery)).all()
+    assert row.subscriber_id == ids[7] and row.attempts == 1
+    assert row.next_attempt_at > utcnow()
+    assert campaign_row(campaign_id).status == CampaignStatus.SENDING
+    assert totals(campaign_id) == {"recipients": 15, "sent": 14, "failed": 0, "unknown": 0}
+
+    del smtp.handler.replies[busy]
+    jobs.tick()
+    work()
+    assert smtp.to(busy) == []  # not due yet
+
+    time.sleep(1.1)
+    jobs.tick()
+    work()
+    assert len(smtp.to(busy)) == 1
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.SENT
+    assert (campaign.sent, campaign.failed, campaign.unknown) == (15, 0, 0)
+    assert count(DeferredDelivery) == 0
+
+
+def test_4xx_that_never_clears_counts_as_failed(app, work, smtp):
+    app.config["SEND_RETRY_ATTEMPTS"] = 2
+    ids = add_subscribers(3)
+    busy = address(ids[1])
+    smtp.handler.replies[busy] = "450 4.2.1 mailbox unavailable"
+    campaign_id = add_campaign()
+
+    jobs.tick()
+    work()
+    time.sleep(1.1)
+    jobs.tick()
+    work()
+    assert db.session.scalar(select(DeferredDelivery.attempts)) == 2
+    time.sleep(2.1)  # backoff doubles
+    jobs.tick()
+    work()
+
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.SENT
+    assert (campaign.sent, campaign.failed) == (2, 1)
+    assert smtp.to(busy) == [] and count(DeferredDelivery) == 0
+
+
+def test_no_such_mailbox_erases_the_address_and_counts_failed(app, work, smtp):
+    ids = add_subscribers(12)
+    gone = address(ids[4])
+    smtp.handler.replies[gone] = "550 5.1.1 no such user here"
+    campaign_id = add_campaign()
+
+    jobs.tick()
+    work()
+
+    assert db.session.get(Subscriber, ids[4]) is None
+    assert count(Subscriber) == 11
+    assert db.session.scalar(select(Tally.count).where(Tally.kind == "erased_undeliverable")) == 1
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.SENT
+    assert (campaign.recipients, campaign.sent, campaign.failed) == (12, 11, 1)
+
+
+def test_other_permanent_refusal_counts_failed_and_keeps_the_reader(app, work, smtp):
+    ids = add_subscribers(4)
+    smtp.handler.replies[address(ids[0])] = "554 5.6.0 message content rejected"
+    campaign_id = add_campaign()
+    jobs.tick()
+    work()
+    assert db.session.get(Subscriber, ids[0]) is not None
+    campaign = campaign_row(campaign_id)
+    assert (campaign.status, campaign.sent, campaign.failed) == (CampaignStatus.SENT, 3, 1)
+
+
+def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(
+    app, work, smtp
+):
+    ids = add_subscribers(35)
+    blocked = address(ids[14])
+    smtp.handler.replies[blocked] = "550 5.7.1 sender blocked by policy"
+    campaign_id = add_campaign()
+
+    jobs.tick()
+    work()
+
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.PAUSED
+    assert "5.7.1" in campaign.status_reason and "resume" in campaign.status_reason
+    assert len(smtp.messages) == 14  # the first batch and the start of the second
+    assert count(Subscriber) == 35  # nobody is deleted for a policy block
+    assert totals(campaign_id)["sent"] == 14
+    assert count(SendBatch) == 4  # the bookkeeping stays while paused
+
+    del smtp.handler.replies[blocked]
+    assert sending.resume(campaign_id)
+    work()
+
+    copies = copies_per_recipient(smtp)
+    assert len(copies) == 35 and set(copies.values()) == {1}
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.SENT and campaign.sent == 35
+    assert count(SendBatch) == 0
+
+
+def test_connection_dropped_after_data_counts_unknown_and_resends_nothing(app, work, smtp):
+    ids = add_subscribers(20)
+    smtp.handler.drop_after_data.add(address(ids[5]))
+    campaign_id = add_campaign()
+
+    jobs.tick()
+    work()
+
+    copies = copies_per_recipient(smtp)
+    assert len(copies) == 20 and set(copies.values()) == {1}  # the batch went on, reconnected
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.SENT
+    assert (campaign.sent, campaign.failed, campaign.unknown) == (19, 0, 1)
+
+
+def test_unreachable_smtp_server_hands_the_batch_back_for_later(app, work, smtp):
+    add_subscribers(5)
+    campaign_id = add_campaign()
+    mail_state = app.extensions["mail"]
+    port = mail_state.port
+    mail_state.port = 9  # nothing listens on the discard port
+    try:
+        jobs.tick()
+        work()
+    finally:
+        mail_state.port = port
+
+    batch = db.session.scalar(select(SendBatch))
+    assert batch.status == BatchStatus.QUEUED and batch.attempts == 1
+    assert batch.lease_until > utcnow()  # backs off before the tick tries again
+    assert smtp.messages == []
+
+    batch.lease_until = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    jobs.tick()
+    work()
+    assert len(smtp.messages) == 5
+    assert campaign_row(campaign_id).status == CampaignStatus.SENT
+
+
+def test_subscriber_erased_before_their_turn_gets_nothing(app, work, smtp):
+    ids = add_subscribers(10)
+    campaign_id = add_campaign()
+    sending.start(campaign_id)
+    subscriptions.erase(db.session.get(Subscriber, ids[6]), "unsubscribe")
+
+    work()
+
+    assert len(smtp.messages) == 9
+    assert "reader6@example.com" not in copies_per_recipient(smtp)
+    assert campaign_row(campaign_id).status == CampaignStatus.SENT
+
+
+def test_deferred_bookkeeping_goes_with_its_subscriber(app, work, smtp):
+    ids = add_subscribers(3)
+    smtp.handler.replies[address(ids[2])] = "452 4.2.2 mailbox full"
+    campaign_id = add_campaign()
+    jobs.tick()
+    work()
+    assert count(DeferredDelivery) == 1
+
+    subscriptions.erase(db.session.get(Subscriber, ids[2]), "unsubscribe")
+    assert count(DeferredDelivery) == 0
+    jobs.tick()
+    assert campaign_row(campaign_id).status == CampaignStatus.SENT
+
+
+def test_cancelled_campaign_keeps_its_totals_and_drops_the_bookkeeping(app, work, smtp):
+    add_subscribers(25)
+    campaign_id = add_campaign()
+    sending.start(campaign_id)
+    # The first batch goes out, then a marketer cancels.
+    first = get_queue("send").job_ids[0]
+    get_queue("send").remove(first)
+    sending.send_batch(int(first.split("-")[1]))
+    campaign = campaign_row(campaign_id)
+    campaign.status = CampaignStatus.CANCELLED
+    db.session.commit()
+
+    work()
+    jobs.tick()
+
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.CANCELLED
+    assert (campaign.sent, campaign.recipients) == (10, 25)
+    assert len(smtp.messages) == 10
+    assert count(SendBatch) == 0 and count(DeferredDelivery) == 0
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "outcome"),
+    [
+        (450, b"4.2.1 try later", sending.Outcome.DEFERRED),
+        (421, b"closing", sending.Outcome.DEFERRED),
+        (550, b"5.1.1 <x@example.com>: no such user", sending.Outcome.NO_MAILBOX),
+        (553, b"5.1.3 bad address syntax", sending.Outcome.NO_MAILBOX),
+        (550, b"5.7.1 blocked by policy", sending.Outcome.BLOCKED),
+        (554, b"5.7.26 DMARC policy", sending.Outcome.BLOCKED),
+        (550, b"mailbox unavailable", sending.Outcome.FAILED),
+        (552, b"5.3.4 message too big", sending.Outcome.FAILED),
+    ],
+)
+def test_smtp_replies_are_sorted_by_class(code, message, outcome):
+    assert sending.classify(code, message) is outcome
