@@ -161,6 +161,14 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "SIGNUP_LIMIT_PER_IP": env.get("SIGNUP_LIMIT_PER_IP", "30/hour"),
         "SIGNUP_LIMIT_PER_ADDRESS": env.get("SIGNUP_LIMIT_PER_ADDRESS", "3/hour"),
         "MANAGE_LIMIT_PER_IP": env.get("MANAGE_LIMIT_PER_IP", "30/hour"),
+        "ADMIN_LOGIN_LIMIT_PER_IP": env.get("ADMIN_LOGIN_LIMIT_PER_IP", "20/10minutes"),
+        "ADMIN_MAX_FAILED_LOGINS": _int(
+            "ADMIN_MAX_FAILED_LOGINS", env.get("ADMIN_MAX_FAILED_LOGINS", "5"), minimum=1
+        ),
+        "ADMIN_LOCKOUT": parse_duration("ADMIN_LOCKOUT", env.get("ADMIN_LOCKOUT", "15m")),
+        "ADMIN_SESSION_MAX_AGE": parse_duration(
+            "ADMIN_SESSION_MAX_AGE", env.get("ADMIN_SESSION_MAX_AGE", "12h")
+        ),
         "API_TEST_SEND_LIMIT": env.get("API_TEST_SEND_LIMIT", "60/hour"),
         "EMAIL_CHECK_DELIVERABILITY": _bool(
             "EMAIL_CHECK_DELIVERABILITY",

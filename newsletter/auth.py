@@ -1,0 +1,176 @@
+"""Staff accounts for the admin pages: Argon2 passwords, lock-out, session login."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app, g, redirect, request, session, url_for
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from newsletter import addresses
+from newsletter.extensions import db
+from newsletter.models import AdminUser, utcnow
+
+MIN_PASSWORD_LENGTH = 12
+
+_hasher = PasswordHasher()
+# Verified against when the address is unknown, so that a wrong address costs as much
+# time as a wrong password and the answer time does not tell which accounts exist.
+_DUMMY_HASH = _hasher.hash("not-a-password-of-anyone")
+
+
+class AccountError(ValueError):
+    """The account cannot be created; the message says why."""
+
+
+def create_admin(email: str, password: str) -> AdminUser:
+    """Store a new staff account with an Argon2id hash of ``password``."""
+    try:
+        email = addresses.normalize(email, check_deliverability=False)
+    except addresses.InvalidAddress as exc:
+        raise AccountError(str(exc)) from None
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"The password must be at least {MIN_PASSWORD_LENGTH} characters long.")
+    user = AdminUser(email=email, password_hash=_hasher.hash(password))
+    db.session.add(user)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise AccountError("An account with this address exists already.") from None
+    return user
+
+
+def _find(email: str) -> AdminUser | None:
+    try:
+        email = addresses.normalize(email, check_deliverability=False)
+    except addresses.InvalidAddress:
+        return None
+    return db.session.scalar(select(AdminUser).where(AdminUser.email == email))
+
+
+def authenticate(email: str, password: str) -> AdminUser | None:
+    """Return the account if the password is right and the account is not locked.
+
+    Every failure counts; after ADMIN_MAX_FAILED_LOGINS in a row the account is locked
+    for ADMIN_LOCKOUT seconds, during which even the right password is refused.
+    """
+    user = _find(email)
+    if user is None:
+        _verify(_DUMMY_HASH, password)
+        return None
+    now = utcnow()
+    if user.locked_until is not None and user.locked_until > now:
+        _verify(_DUMMY_HASH, password)
+        return None
+    if not _verify(user.password_hash, password):
+        _record_failure(user.id)
+        return None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    user.failed_logins = 0
+    user.locked_until = None
+    user.last_login_at = now
+    db.session.commit()
+    return user
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _record_failure(user_id: int) -> None:
+    """Count a failed login in one UPDATE (parallel attempts all count) and lock if due."""
+    config = current_app.config
+    db.session.execute(
+        update(AdminUser)
+        .where(AdminUser.id == user_id)
+        .values(failed_logins=AdminUser.failed_logins + 1)
+    )
+    db.session.execute(
+        update(AdminUser)
+        .where(
+            AdminUser.id == user_id, AdminUser.failed_logins >= config["ADMIN_MAX_FAILED_LOGINS"]
+        )
+        .values(failed_logins=0, locked_until=utcnow() + timedelta(seconds=config["ADMIN_LOCKOUT"]))
+    )
+    db.session.commit()
+
+
+def _session_key(user: AdminUser) -> str:
+    """A fingerprint of the password hash: a new password ends every older session."""
+    secret = current_app.config["SECRET_KEY"].encode()
+    return hmac.new(secret, user.password_hash.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def login(user: AdminUser) -> None:
+    """Start a fresh session for ``user``; whatever the session held before is dropped."""
+    _clear_session()  # against session fixation: nothing from before the login survives
+    session["admin_id"] = user.id
+    session["admin_key"] = _session_key(user)
+    session["admin_since"] = int(utcnow().timestamp())
+
+
+def logout() -> None:
+    _clear_session()
+
+
+def _clear_session() -> None:
+    session.clear()
+    # The CSRF secret went with the session; Flask-WTF caches the token made from it in g.
+    g.pop("csrf_token", None)
+
+
+def current_admin() -> AdminUser | None:
+    """Return the logged-in staff member for this request, or None."""
+    user = None
+    admin_id = session.get("admin_id")
+    since = session.get("admin_since", 0)
+    max_age = current_app.config["ADMIN_SESSION_MAX_AGE"]
+    if admin_id is not None and utcnow().timestamp() - since < max_age:
+        candidate = db.session.get(AdminUser, admin_id)
+        if candidate is not None and hmac.compare_digest(
+            session.get("admin_key", ""), _session_key(candidate)
+        ):
+            user = candidate
+    return user
+
+
+def safe_next(target: str | None) -> str | None:
+    """Accept only a path inside the admin area as the place to go after login."""
+    if not target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/admin/") or "\\" in target:
+        return None
+    return target
+
+
+def anonymous_response():
+    """Send an anonymous visitor to the login page (a JSON endpoint answers 401)."""
+    if request.path.endswith(".json"):
+        return {"error": "login required"}, 401
+    target = request.full_path.rstrip("?") if request.method == "GET" else None
+    return redirect(url_for("admin.login_form", next=safe_next(target)))
+
+
+def login_required(view):
+    """Let only logged-in staff reach ``view``."""
+
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if current_admin() is None:
+            return anonymous_response()
+        return view(*args, **kwargs)
+
+    return wrapped
