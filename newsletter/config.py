@@ -105,6 +105,11 @@ def _check_public_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def process_environ() -> dict[str, str]:
+    """A copy of this process's environment, for launchers that pass it on to children."""
+    return dict(os.environ)
+
+
 def load(environ: dict[str, str] | None = None, instance_path: str = "instance") -> dict:
     """Build the Flask config from the environment; raise ConfigError with a clear message."""
     env = dict(os.environ if environ is None else environ)

@@ -218,3 +218,67 @@ def subscribe(client, work, smtp, email: str) -> str:
 def subscribed(client, work, smtp):
     """``subscribed("a@example.com")`` makes a confirmed subscriber through the real journey."""
     return lambda email: subscribe(client, work, smtp, email)
+
+
+# --- Live server and browser (Playwright driving Debian's chromium) ----------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+class LiveServer:
+    """The test's app served over real HTTP; ``url`` is also its PUBLIC_URL."""
+
+    def __init__(self, app, url: str) -> None:
+        self.app = app
+        self.url = url
+
+    def __str__(self) -> str:
+        return self.url
+
+
+@pytest.fixture
+def live_server(app):
+    """Serve the ``app`` fixture's app on a free 127.0.0.1 port, in a thread.
+
+    It is the same app object the test holds (same config, database and Redis), so
+    ``work()`` sends mail whose links point at this server, and the test can check rows
+    with ``db.session``. Override ``app_config`` to change its settings.
+    """
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    url = f"http://127.0.0.1:{server.server_port}"
+    public_url = app.config["PUBLIC_URL"]
+    app.config["PUBLIC_URL"] = url  # links in mails must open on this server
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    yield LiveServer(app, url)
+    server.shutdown()
+    thread.join(timeout=10)
+    server.server_close()
+    app.config["PUBLIC_URL"] = public_url
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless chromium, driven by Playwright; never a downloaded browser."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"browser tests skipped: {CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server):
+    """A fresh browser tab (own cookies) whose relative URLs go to ``live_server``."""
+    context = browser.new_context(base_url=live_server.url)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    yield page
+    context.close()

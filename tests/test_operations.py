@@ -1,0 +1,197 @@
+"""What an operator sees: clear configuration errors, and ``make run`` from start to Ctrl-C."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from newsletter import embedded_redis
+from newsletter.devserver import free_port
+from tests.conftest import CSRF_INPUT, ROOT, SECRET
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({}, "SECRET_KEY"),
+        (
+            {"SECRET_KEY": SECRET, "DATABASE_URL": "mysql://user@db.example.com/news"},
+            "DATABASE_URL",
+        ),
+        (
+            {"SECRET_KEY": SECRET, "DATABASE_URL": "sqlite:////no/such/folder/news.db"},
+            "DATABASE_URL",
+        ),
+        ({"SECRET_KEY": SECRET, "REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL"),
+    ],
+    ids=["no-secret-key", "mysql-database", "missing-sqlite-folder", "http-redis"],
+)
+def test_bad_configuration_exits_with_a_clear_message(tmp_path, settings, named):
+    environ = {
+        "PATH": os.environ.get("PATH", ""),
+        "NEWSLETTER_ENV": "production",
+        "NEWSLETTER_INSTANCE": str(tmp_path),
+        **settings,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "newsletter", "routes"],
+        env=environ,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert named in result.stderr
+    assert "configuration error" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+class Browser:
+    """Just enough of a browser for the test: cookies, GET, and form POSTs."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+    def open(self, url: str, form: dict | None = None) -> tuple[int, str]:
+        if not url.startswith("http"):
+            url = self.base + url
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        try:
+            with self.opener.open(url, data=data, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except (urllib.error.URLError, OSError):
+            return 0, ""
+
+    def submit(self, url: str, form: dict) -> tuple[int, str]:
+        """Load the page with the form, then post ``form`` with its CSRF token."""
+        status, page = self.open(url)
+        match = CSRF_INPUT.search(page)
+        assert match, f"no form on {url} ({status})"
+        return self.open(url, {**form, "csrf_token": match.group(1)})
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition, timeout: float, message: str, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    pytest.fail(f"{message}\n--- make run output ---\n{log.read_text()}")
+
+
+def test_make_run_serves_catches_mail_confirms_and_stops_cleanly(tmp_path):
+    instance = tmp_path / "instance"
+    port, outbox_port = free_port(), free_port()
+    log = tmp_path / "run.log"
+    environ = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", str(tmp_path)),
+        "NEWSLETTER_INSTANCE": str(instance),
+        "PORT": str(port),
+        "OUTBOX_PORT": str(outbox_port),
+    }
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "newsletter.devserver"],
+            cwd=str(ROOT),
+            env=environ,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+    base = f"http://127.0.0.1:{port}"
+    browser = Browser(base)
+    children: set[int] = set()
+    try:
+        # It says where to look once everything answers.
+        wait_for(
+            lambda: f"{base}/dev/outbox" in log.read_text(), 90, "make run did not come up", log
+        )
+        assert browser.open("/healthz")[0] == 200
+
+        status, page = browser.submit(
+            "/subscribe", {"email": "newcomer@example.com", "consent": "yes"}
+        )
+        assert status == 200 and "Check your inbox" in page
+
+        def caught_mail():
+            outbox = browser.open("/dev/outbox")[1]
+            return "newcomer@example.com" in outbox and re.search(
+                r'href="(/dev/outbox/[^"]+)"', outbox
+            )
+
+        mail_path = wait_for(caught_mail, 30, "the worker sent no mail to the outbox", log).group(1)
+        status, mail = browser.open(mail_path)
+        assert status == 200
+        confirm_url = re.search(rf'href="({re.escape(base)}/confirm/[^"]+)"', mail).group(1)
+        status, page = browser.submit(confirm_url, {})
+        assert status == 200 and "You're subscribed" in page
+
+        children = descendants(server.pid)
+        assert len(children) >= 2, "expected at least the worker and the web server"
+        children.add(int((instance / "redis.pid").read_text()))  # daemonized, so not below us
+        assert all(alive(pid) for pid in children)
+
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=60) == 0, log.read_text()
+        assert [pid for pid in children if alive(pid)] == [], log.read_text()
+        assert not embedded_redis.socket_path(instance).exists()
+        assert browser.open("/healthz")[0] == 0  # nothing listens any more
+        assert "[make run] stopped" in log.read_text()
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        embedded_redis.stop(instance)
