@@ -166,6 +166,7 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "SIGNUP_LIMIT_PER_IP": env.get("SIGNUP_LIMIT_PER_IP", "30/hour"),
         "SIGNUP_LIMIT_PER_ADDRESS": env.get("SIGNUP_LIMIT_PER_ADDRESS", "3/hour"),
         "MANAGE_LIMIT_PER_IP": env.get("MANAGE_LIMIT_PER_IP", "30/hour"),
+        "MANAGE_LIMIT_PER_ADDRESS": env.get("MANAGE_LIMIT_PER_ADDRESS", "3/hour"),
         "ADMIN_LOGIN_LIMIT_PER_IP": env.get("ADMIN_LOGIN_LIMIT_PER_IP", "20/10minutes"),
         "ADMIN_MAX_FAILED_LOGINS": _int(
             "ADMIN_MAX_FAILED_LOGINS", env.get("ADMIN_MAX_FAILED_LOGINS", "5"), minimum=1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import limits
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 
 from newsletter import addresses, security, subscriptions, tokens
@@ -58,13 +59,7 @@ def manage_request():
 
 @bp.post("/manage")
 @limiter.limit(lambda: current_app.config["MANAGE_LIMIT_PER_IP"])
-@limiter.limit(
-    lambda: (
-        current_app.config.get("MANAGE_LIMIT_PER_ADDRESS")
-        or current_app.config["SIGNUP_LIMIT_PER_ADDRESS"]
-    ),
-    key_func=signup_address_key,
-)
+@limiter.limit(lambda: current_app.config["MANAGE_LIMIT_PER_ADDRESS"], key_func=signup_address_key)
 def send_link():
     email = request.form.get("email", "")
     try:
@@ -156,5 +151,39 @@ def delete(token: str):
     return render_template("public/unsubscribed.html")
 
 
+# --- for the privacy notice ------------------------------------------------------------
+
+RATE_LIMIT_SETTINGS = (
+    "SIGNUP_LIMIT_PER_IP",
+    "SIGNUP_LIMIT_PER_ADDRESS",
+    "MANAGE_LIMIT_PER_IP",
+    "MANAGE_LIMIT_PER_ADDRESS",
+)
+
+
+def longest_counter_window() -> int:
+    """Seconds the longest-lived rate-limit counter on a reader's address or IP can live."""
+    config = current_app.config
+    windows = [
+        item.get_expiry()
+        for setting in RATE_LIMIT_SETTINGS
+        if config.get(setting)
+        for item in limits.parse_many(config[setting])
+    ]
+    return max(windows, default=0)
+
+
+def duration(seconds: int | float) -> str:
+    """Say a configured duration in words: ``3600`` -> ``1 hour``, ``172800`` -> ``48 hours``."""
+    seconds = int(seconds)
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} seconds"
+
+
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
+    app.add_template_global(longest_counter_window)
+    app.add_template_filter(duration)

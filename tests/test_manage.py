@@ -259,3 +259,37 @@ def test_manage_mail_job_carries_only_an_id(app, client, subscribed):
     assert job.description == "send_manage_link"
     assert job.args == (subscriber("quiet@example.com").id,)
     assert subscriptions.manage_url(subscriber("quiet@example.com")).startswith(PUBLIC_URL)
+
+
+def test_privacy_notice_states_what_why_how_long_the_rights_and_the_controller(app, client):
+    app.config.update(
+        CONTROLLER_NAME="IMAGE Information Systems Europe GmbH",
+        CONTROLLER_ADDRESS="Lange Str. 16, 18055 Rostock, Germany",
+        CONTROLLER_EMAIL="info@iq-image.com",
+        CONFIRM_MAX_AGE=48 * 3600,
+        MANAGE_MAX_AGE=24 * 3600,
+        SIGNUP_LIMIT_PER_ADDRESS="3/hour",
+        MANAGE_LIMIT_PER_ADDRESS="5/day",
+    )
+    page = client.get("/privacy")
+    body = page.get_data(as_text=True)
+    assert page.status_code == 200
+    for fact in (
+        "IMAGE Information Systems Europe GmbH",
+        "Lange Str. 16, 18055 Rostock, Germany",
+        "mailto:info@iq-image.com",
+        "at most 48 hours",  # unconfirmed sign-ups
+        "valid for 24 hours",  # manage links
+        "At most 24 hours",  # the longest rate-limit counter (5/day)
+        "Art. 15",
+        "Art. 16",
+        "Art. 17",
+        "Art. 20",
+        "Art. 77",
+        'href="/manage"',
+        "deleted at once",
+    ):
+        assert fact in body, fact
+    assert "first three blocks of an IPv4 address" not in body
+    app.config["STORE_IP_PREFIX"] = True
+    assert "first three blocks of an IPv4 address" in client.get("/privacy").get_data(as_text=True)
