@@ -201,7 +201,9 @@ def test_batch_job_run_twice_sends_nothing_twice(app, work, smtp):
 
 def test_overdue_campaign_waits_for_a_person(app, work, smtp):
     add_subscribers(3)
-    campaign_id = add_campaign(send_at=utcnow() - timedelta(seconds=app.config["OVERDUE_LIMIT"] + 60))
+    campaign_id = add_campaign(
+        send_at=utcnow() - timedelta(seconds=app.config["OVERDUE_LIMIT"] + 60)
+    )
 
     jobs.tick()
     work()
@@ -359,9 +361,7 @@ def test_other_permanent_refusal_counts_failed_and_keeps_the_reader(app, work, s
     assert (campaign.status, campaign.sent, campaign.failed) == (CampaignStatus.SENT, 3, 1)
 
 
-def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(
-    app, work, smtp
-):
+def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(app, work, smtp):
     ids = add_subscribers(35)
     blocked = address(ids[14])
     smtp.handler.replies[blocked] = "550 5.7.1 sender blocked by policy"
