@@ -254,7 +254,9 @@ def test_patch_is_allowed_while_scheduled(api):
 def test_schedule_with_offset_in_another_zone_is_stored_as_utc(api):
     created = api.create()
     response = api(
-        "POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "2031-03-04T15:30:00+05:30"}
+        "POST",
+        f"/campaigns/{created['id']}/schedule",
+        json={"send_at": "2031-03-04T15:30:00+05:30"},
     )
     assert response.status_code == 200
     assert response.get_json()["status"] == "scheduled"
@@ -263,7 +265,9 @@ def test_schedule_with_offset_in_another_zone_is_stored_as_utc(api):
     assert stored.send_at == datetime(2031, 3, 4, 10, 0, tzinfo=UTC)
 
     response = api(
-        "POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "2031-03-04T23:00:00-08:00"}
+        "POST",
+        f"/campaigns/{created['id']}/schedule",
+        json={"send_at": "2031-03-04T23:00:00-08:00"},
     )
     assert response.get_json()["send_at"] == "2031-03-05T07:00:00+00:00", "rescheduling works"
     response = api(
@@ -437,7 +441,9 @@ def test_test_send_arrives_with_list_unsubscribe_headers(api, smtp):
 def test_test_send_validates_the_address(api, smtp):
     created = api.create()
     for bad in ["not-an-address", "", "a@b\r\nBcc: c@example.com", 42]:
-        body = assert_problem(api("POST", f"/campaigns/{created['id']}/test", json={"to": bad}), 422)
+        body = assert_problem(
+            api("POST", f"/campaigns/{created['id']}/test", json={"to": bad}), 422
+        )
         assert pointers(body) == {"#/to"}
     assert_problem(api("POST", f"/campaigns/{created['id']}/test", json={}), 422)
     assert_problem(api("POST", "/campaigns/4242/test", json={"to": "staff@example.com"}), 404)
