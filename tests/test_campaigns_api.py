@@ -484,3 +484,80 @@ def test_stats_counts_only(api, subscribed):
     assert stats["pending_signups"] == 0
     assert stats["campaigns"]["draft"] == 1 and stats["campaigns"]["scheduled"] == 1
     assert "@" not in response.get_data(as_text=True)
+
+
+# --- through sending ------------------------------------------------------------------
+
+
+def add_readers(count: int) -> list[str]:
+    from newsletter import consent
+    from newsletter.models import Subscriber
+
+    emails = [f"reader{n}@example.com" for n in range(count)]
+    consent_id = consent.current().id
+    db.session.add_all(
+        Subscriber(email=e, requested_at=datetime.now(UTC), consent_text_id=consent_id)
+        for e in emails
+    )
+    db.session.commit()
+    return emails
+
+
+def editions(smtp) -> list:
+    return [m for m in smtp.messages if m.message["List-Unsubscribe"]]
+
+
+def test_marketer_journey_schedule_now_watch_live_totals_until_sent(api, work, smtp):
+    from newsletter import sending
+
+    readers = add_readers(4)
+    created = api.create()
+    api("POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "now"})
+    assert sending.start(created["id"])  # what the tick enqueued at once does first
+    live = api("GET", f"/campaigns/{created['id']}").get_json()
+    assert live["status"] == "sending" and live["recipients"] == 4 and live["sent"] == 0
+
+    work()
+    done = api("GET", f"/campaigns/{created['id']}").get_json()
+    assert done["status"] == "sent", done
+    assert (done["recipients"], done["sent"], done["failed"], done["unknown"]) == (4, 4, 0, 0)
+    assert done["started_at"] and done["finished_at"]
+    assert sorted(r for m in editions(smtp) for r in m.rcpt_tos) == sorted(readers)
+    assert api("GET", "/stats").get_json()["campaigns"]["sent"] == 1
+
+
+def test_cancel_during_sending_stops_it(api, work, smtp):
+    from newsletter import sending
+
+    add_readers(3)
+    created = api.create()
+    api("POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "now"})
+    sending.start(created["id"])
+    response = api("POST", f"/campaigns/{created['id']}/cancel")
+    assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
+    work()
+    assert editions(smtp) == []
+    after = api("GET", f"/campaigns/{created['id']}").get_json()
+    assert after["status"] == "cancelled" and after["sent"] == 0
+    assert_problem(api("POST", f"/campaigns/{created['id']}/resume"), 409)
+
+
+def test_resume_after_a_pause_sends_the_rest(api, work, smtp):
+    from newsletter import sending
+
+    readers = add_readers(3)
+    created = api.create()
+    api("POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "now"})
+    sending.start(created["id"])
+    set_status(created["id"], CampaignStatus.PAUSED, status_reason="Blocked (5.7.1)")
+    work()
+    paused = api("GET", f"/campaigns/{created['id']}").get_json()
+    assert paused["status"] == "paused" and paused["status_reason"] == "Blocked (5.7.1)"
+    assert editions(smtp) == []
+    assert_problem(api("POST", f"/campaigns/{created['id']}/schedule", json={}), 409)
+
+    response = api("POST", f"/campaigns/{created['id']}/resume")
+    assert response.status_code == 200 and response.get_json()["status"] == "sending"
+    work()
+    assert api("GET", f"/campaigns/{created['id']}").get_json()["status"] == "sent"
+    assert sorted(r for m in editions(smtp) for r in m.rcpt_tos) == sorted(readers)
