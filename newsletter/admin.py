@@ -462,6 +462,11 @@ def progress_of(campaign: Campaign) -> dict:
         "done": done,
         "percent": percent,
         "finished": campaign.status not in LIVE_STATUSES,
+        "seconds_to_send": (
+            max(0, int((campaign.send_at - utcnow()).total_seconds()))
+            if campaign.status == CampaignStatus.SCHEDULED and campaign.send_at is not None
+            else 0
+        ),
     }
 
 

@@ -3,7 +3,7 @@
 (function () {
   "use strict";
 
-  var FAST = 1500; // ms, while sending
+  var FAST = 1000; // ms, while sending
   var SLOW = 10000; // ms, while waiting for the send time
 
   function start(box) {
@@ -26,6 +26,10 @@
         }
       });
       box.setAttribute("data-status", p.status);
+      if (p.status === "sending" || p.status === "sent" || p.status === "cancelled") {
+        // Sending has begun: the edition can no longer be edited, tested or rescheduled.
+        document.querySelectorAll("[data-while-editable]").forEach(function (el) { el.hidden = true; });
+      }
       if (p.finished) {
         box.removeAttribute("data-live");
         box.querySelectorAll("[data-hide-when-finished]").forEach(function (el) { el.hidden = true; });
@@ -40,7 +44,8 @@
         })
         .then(function (p) {
           show(p);
-          if (!p.finished) { window.setTimeout(poll, p.status === "scheduled" ? SLOW : FAST); }
+          // Waiting for a send time that is still far off: look less often.
+          if (!p.finished) { window.setTimeout(poll, p.seconds_to_send > 60 ? SLOW : FAST); }
         })
         .catch(function () {
           // Network hiccup or logged out: try again slowly, and show the refresh link.
