@@ -6,6 +6,7 @@ import http.cookiejar
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -195,3 +196,28 @@ def test_make_run_serves_catches_mail_confirms_and_stops_cleanly(tmp_path):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         embedded_redis.stop(instance)
+
+
+def test_make_run_refuses_a_busy_port_and_starts_nothing(tmp_path):
+    instance = tmp_path / "instance"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "newsletter.devserver"],
+            cwd=str(ROOT),
+            env={
+                "PATH": os.environ.get("PATH", ""),
+                "NEWSLETTER_INSTANCE": str(instance),
+                "PORT": str(port),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"port {port} is in use" in result.stdout
+    assert "PORT=5001 make run" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not embedded_redis.socket_path(instance).exists()
