@@ -46,11 +46,11 @@ class NotFound(CampaignError):
 class WrongState(CampaignError):
     """The campaign's status does not allow this step (e.g. editing a sent edition)."""
 
-    def __init__(self, campaign: Campaign, action: str, allowed) -> None:
+    def __init__(self, campaign: Campaign, action: str, allowed, hint: str = "") -> None:
         allowed_text = " or ".join(status.value for status in allowed)
         super().__init__(
             f"Campaign {campaign.id} is {campaign.status.value}; "
-            f"only a {allowed_text} campaign can be {action}."
+            f"only a {allowed_text} campaign can be {action}.{hint}"
         )
         self.campaign = campaign
         self.status = campaign.status
@@ -137,7 +137,7 @@ def get(campaign_id: int) -> Campaign:
     return campaign
 
 
-def _change_status(campaign_id: int, allowed, action: str, **values) -> Campaign:
+def _change_status(campaign_id: int, allowed, action: str, hint: str = "", **values) -> Campaign:
     """Apply ``values`` only if the campaign is still in an ``allowed`` status."""
     campaign = get(campaign_id)
     result = db.session.execute(
@@ -149,7 +149,7 @@ def _change_status(campaign_id: int, allowed, action: str, **values) -> Campaign
     db.session.commit()
     db.session.refresh(campaign)
     if result.rowcount != 1:
-        raise WrongState(campaign, action, allowed)
+        raise WrongState(campaign, action, allowed, hint)
     return campaign
 
 
@@ -220,12 +220,17 @@ def schedule(campaign_id: int, send_at: datetime | str | None = None) -> Campaig
 
     campaign = get(campaign_id)
     allowed = list(EDITABLE)
-    if campaign.status == CampaignStatus.PAUSED and _never_started(campaign):
-        allowed.append(CampaignStatus.PAUSED)
+    paused_midway = False
+    if campaign.status == CampaignStatus.PAUSED:
+        if _never_started(campaign):
+            allowed.append(CampaignStatus.PAUSED)
+        else:
+            paused_midway = True
     campaign = _change_status(
         campaign_id,
         allowed,
         "scheduled",
+        hint=" It was paused while sending; resume it instead." if paused_midway else "",
         status=CampaignStatus.SCHEDULED,
         send_at=when,
         status_reason=None,

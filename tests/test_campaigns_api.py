@@ -554,7 +554,8 @@ def test_resume_after_a_pause_sends_the_rest(api, work, smtp):
     paused = api("GET", f"/campaigns/{created['id']}").get_json()
     assert paused["status"] == "paused" and paused["status_reason"] == "Blocked (5.7.1)"
     assert editions(smtp) == []
-    assert_problem(api("POST", f"/campaigns/{created['id']}/schedule", json={}), 409)
+    body = assert_problem(api("POST", f"/campaigns/{created['id']}/schedule", json={}), 409)
+    assert "resume it instead" in body["detail"]
 
     response = api("POST", f"/campaigns/{created['id']}/resume")
     assert response.status_code == 200 and response.get_json()["status"] == "sending"
