@@ -3,7 +3,7 @@
 Log in, write the edition in Markdown, preview it at desktop and phone widths, send a
 test to yourself, send it now and watch the progress bar reach 100 % while a real
 ``python worker.py`` sends to a few dozen subscribers; then serve a data-subject
-request. Screenshots of the main pages go to docs/screenshots/.
+request. Screenshots of the main pages go to docs/screenshots/ (run with UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from newsletter import auth, consent
 from newsletter.extensions import db
-from newsletter.models import Campaign, CampaignStatus, Subscriber, utcnow
+from newsletter.models import Campaign, CampaignStatus, Subscriber, Tally, utcnow
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -107,9 +107,36 @@ def watched_page(page):
     return page
 
 
-def shoot(page, name: str, full_page: bool = False) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+@pytest.fixture
+def shots(tmp_path):
+    """Where screenshots go: docs/screenshots/ with UPDATE_SCREENSHOTS=1, else a temp dir.
+
+    Taken on every run either way; only a deliberate run changes the committed pictures.
+    """
+    folder = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "shots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def shoot(page, folder: Path, name: str) -> None:
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 10_000, f"{name}.png looks empty"
+
+
+def add_history() -> None:
+    """Six months of address-free counts that add up to the 30 readers."""
+    confirmed, erased = [3, 5, 4, 8, 6, 7], [0, 1, 0, 1, 1, 0]
+    now = utcnow()
+    for back in range(6):
+        year, month = now.year, now.month - back
+        if month < 1:
+            year, month = year - 1, month + 12
+        key = f"{year:04d}-{month:02d}"
+        db.session.add(Tally(month=key, kind="confirmed", count=confirmed[5 - back]))
+        if erased[5 - back]:
+            db.session.add(Tally(month=key, kind="erased_unsubscribe", count=erased[5 - back]))
+    db.session.commit()
 
 
 def add_readers(count: int) -> list[str]:
@@ -123,26 +150,29 @@ def add_readers(count: int) -> list[str]:
 
 
 def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
-    app, live_server, worker, watched_page, smtp
+    app, live_server, worker, watched_page, smtp, shots
 ):
     page = watched_page
     live_url = live_server.url
     auth.create_admin(STAFF, PASSWORD)
     readers = add_readers(READERS)
+    add_history()
 
     # Every admin page needs a login; the browser lands on the login form.
     page.goto(live_url + "/admin/")
     assert page.url.startswith(live_url + "/admin/login")
     page.get_by_label("Email address").fill(STAFF)
     page.get_by_label("Password").fill(PASSWORD)
-    shoot(page, "login")
+    shoot(page, shots, "login")
     page.get_by_role("button", name="Log in").click()
 
     # Dashboard: the subscriber count and the next monthly slot.
     page.wait_for_url(live_url + "/admin/")
     assert page.locator("#subscriber-count").inner_text() == str(READERS)
     assert "No edition is scheduled for it yet" in page.locator("#slot-state").inner_text()
-    shoot(page, "dashboard")
+    this_month = page.locator("#history tbody tr").first.locator("td").all_inner_texts()
+    assert this_month[1:] == ["7", "0", "+7"]
+    shoot(page, shots, "dashboard")
 
     # Write the edition in Markdown.
     page.get_by_role("link", name="Write a new edition").first.click()
@@ -171,7 +201,7 @@ def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
     height = page.evaluate("document.documentElement.scrollHeight")
     page.set_viewport_size({"width": 1280, "height": height})
     page.wait_for_timeout(300)
-    shoot(page, "editor")
+    shoot(page, shots, "editor")
     page.set_viewport_size({"width": 1280, "height": 900})
 
     # A test copy to the staff member's own address.
@@ -209,7 +239,7 @@ def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
     assert page.locator("#source").is_hidden()
     assert page.get_by_role("button", name="Schedule").is_hidden()
     assert page.get_by_role("button", name="Cancel this campaign").is_hidden()
-    shoot(page, "progress")
+    shoot(page, shots, "progress")
 
     # Every reader got exactly one copy, with their own unsubscribe link.
     for email in readers:
@@ -231,7 +261,7 @@ def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
     page.get_by_role("button", name="Look up").click()
     assert readers[7] in page.locator("#result").inner_text()
     assert readers[8] not in page.content()
-    shoot(page, "data-request")
+    shoot(page, shots, "data-request")
     with page.expect_download() as download_info:
         page.get_by_role("button", name="Export as JSON").click()
     exported = json.loads(Path(download_info.value.path()).read_text())
