@@ -340,23 +340,49 @@ def send_batch(batch_id: int) -> None:
     if claimed.rowcount != 1:
         return
     run = BatchRun(batch_id, owner)
-    run.send()
+    try:
+        run.send()
+    finally:
+        run.dispose()
 
 
 class _Sender:
-    """What the batch job and the deferred-retry job share: a connection, the edition,
-    the rate limit and the look at the campaign's status."""
+    """What the batch job and the deferred-retry job share: the edition, the SMTP
+    connection, a database connection of its own, the rate limit and the status look.
+
+    The per-message statements go through one Core connection instead of the ORM session:
+    that costs about a quarter as much per message. On PostgreSQL its commits do not wait
+    for the disk (``synchronous_commit off``): a database crash could then lose the last
+    fraction of a second of checkpoints, which resends those messages and loses nobody; a
+    worker crash loses nothing, since the server has the commit.
+    """
 
     def __init__(self, campaign_id: int) -> None:
         self.campaign_id = campaign_id
         campaign = db.session.get(Campaign, campaign_id)
         self.template = mailing.edition_template(campaign.subject, campaign.html, campaign.text)
         db.session.rollback()
+        self.db = db.engine.connect()
+        self.postgresql = self.db.dialect.name == "postgresql"
+        if self.postgresql:
+            self.db.exec_driver_sql("SET synchronous_commit TO off")
+            self.db.commit()
         self.rate = current_app.config["SEND_RATE"]
         self.lease = current_app.config["SEND_LEASE"]
         self.next_check = 0.0
         self.last_used = time.monotonic()
         self.conn: smtp.SmtpConnection | None = None
+
+    def dispose(self) -> None:
+        """Close the SMTP connection and hand the database connection back, as it was."""
+        self.close()
+        try:
+            self.db.rollback()
+            if self.postgresql:
+                self.db.exec_driver_sql("RESET synchronous_commit")
+                self.db.commit()
+        finally:
+            self.db.close()
 
     # -- the connection
 
@@ -433,10 +459,10 @@ class _Sender:
         if not force and time.monotonic() < self.next_check:
             return
         self.next_check = time.monotonic() + STATUS_CHECK_SECONDS
-        status = db.session.scalar(
+        status = self.db.scalar(
             select(campaigns.c.status).where(campaigns.c.id == self.campaign_id)
         )
-        db.session.rollback()
+        self.db.rollback()
         if status != CampaignStatus.SENDING:
             self.stopped()
             raise _Stop(f"campaign {status}")
@@ -450,12 +476,12 @@ class _Sender:
 
     def pause(self, reason: str) -> None:
         """A 5.7.x block: pause the campaign for a person to look at."""
-        db.session.execute(
+        self.db.execute(
             update(campaigns)
             .where(campaigns.c.id == self.campaign_id, campaigns.c.status == CampaignStatus.SENDING)
             .values(status=CampaignStatus.PAUSED, status_reason=reason[:500], updated_at=utcnow())
         )
-        db.session.commit()
+        self.db.commit()
         log.warning("campaign %s paused: the mail server refused by policy", self.campaign_id)
 
 
@@ -464,6 +490,7 @@ class BatchRun(_Sender):
 
     def __init__(self, batch_id: int, owner: str) -> None:
         row = db.session.execute(select(batches).where(batches.c.id == batch_id)).one()
+        db.session.rollback()
         super().__init__(row.campaign_id)
         self.batch_id = batch_id
         self.owner = owner
@@ -506,20 +533,20 @@ class BatchRun(_Sender):
             return
         finally:
             self.close()
-        done = db.session.execute(
+        done = self.db.execute(
             update(batches)
             .where(batches.c.id == self.batch_id, batches.c.lease_owner == self.owner)
             .values(status=BatchStatus.DONE, lease_owner=None, lease_until=None)
         )
-        db.session.commit()
+        self.db.commit()
         if done.rowcount:
             log.info("batch %s done", self.batch_id)
             finish_if_done(self.campaign_id)
 
     def _send_pages(self) -> None:
         while True:
-            page = db.session.execute(self._page, {"after": self.cursor}).all()
-            db.session.rollback()
+            page = self.db.execute(self._page, {"after": self.cursor}).all()
+            self.db.rollback()
             if not page:
                 return
             for subscriber in page:
@@ -528,11 +555,11 @@ class BatchRun(_Sender):
 
     def _send_one(self, subscriber) -> None:
         # Re-read right before sending: who unsubscribed a moment ago gets nothing more.
-        if db.session.execute(self._still_there, {"sid": subscriber.id}).first() is None:
-            db.session.rollback()
+        if self.db.execute(self._still_there, {"sid": subscriber.id}).first() is None:
+            self.db.rollback()
             self._advance(subscriber.id)
             return
-        db.session.rollback()
+        # (On PostgreSQL that read opened a transaction; the checkpoint's commit ends it.)
         mail = self.template.render(
             subscriber.email, {"unsubscribe_url": subscriptions.unsubscribe_url(subscriber)}
         )
@@ -543,7 +570,7 @@ class BatchRun(_Sender):
         elif outcome is Outcome.UNKNOWN:
             self._advance(subscriber.id, unknown=1)
         elif outcome is Outcome.DEFERRED:
-            db.session.execute(
+            self.db.execute(
                 insert(deferred).values(
                     campaign_id=self.campaign_id,
                     subscriber_id=subscriber.id,
@@ -567,7 +594,7 @@ class BatchRun(_Sender):
 
     def _advance(self, subscriber_id: int, sent: int = 0, failed: int = 0, unknown: int = 0):
         """Move the checkpoint past ``subscriber_id``: counters and lease in one commit."""
-        result = db.session.execute(
+        result = self.db.execute(
             self._checkpoint,
             {
                 "new_cursor": subscriber_id,
@@ -577,18 +604,18 @@ class BatchRun(_Sender):
                 "until": _lease_until(),
             },
         )
-        db.session.commit()
+        self.db.commit()
         if result.rowcount != 1:
             raise _Stop("lease lost to another worker")
         self.cursor = subscriber_id
 
     def renew(self) -> None:
-        result = db.session.execute(
+        result = self.db.execute(
             update(batches)
             .where(batches.c.id == self.batch_id, batches.c.lease_owner == self.owner)
             .values(lease_until=_lease_until())
         )
-        db.session.commit()
+        self.db.commit()
         if result.rowcount != 1:
             raise _Stop("lease lost to another worker")
 
@@ -597,7 +624,7 @@ class BatchRun(_Sender):
 
     def release(self, delay: float | None = None) -> None:
         """Hand the batch back: queued, to be enqueued again by the tick or a resume."""
-        db.session.execute(
+        self.db.execute(
             update(batches)
             .where(batches.c.id == self.batch_id, batches.c.lease_owner == self.owner)
             .values(
@@ -606,7 +633,7 @@ class BatchRun(_Sender):
                 lease_until=utcnow() + timedelta(seconds=delay) if delay else None,
             )
         )
-        db.session.commit()
+        self.db.commit()
 
 
 def _retry_delay(attempts: int) -> timedelta:
@@ -660,17 +687,16 @@ def send_deferred(campaign_id: int) -> None:
     run = DeferredRun(campaign_id)
     try:
         run.open()
+        while run.send_next():
+            pass
     except _ConnectFailed as exc:
         log.warning("campaign %s: SMTP server unreachable (%s); retry later", campaign_id, exc)
         return
-    try:
-        while run.send_next():
-            pass
-    except (_Stop, _ConnectFailed) as exc:
+    except _Stop as exc:
         log.info("campaign %s: retries stopped: %s", campaign_id, exc)
         return
     finally:
-        run.close()
+        run.dispose()
     finish_if_done(campaign_id)
 
 
@@ -685,7 +711,7 @@ class DeferredRun(_Sender):
         """Claim and send one due deferred message; return False when none is left."""
         self.check()
         now = utcnow()
-        candidates = db.session.scalars(
+        candidates = self.db.scalars(
             select(deferred.c.id)
             .where(
                 deferred.c.campaign_id == self.campaign_id,
@@ -695,9 +721,9 @@ class DeferredRun(_Sender):
             .order_by(deferred.c.id)
             .limit(PAGE_SIZE)
         ).all()
-        db.session.rollback()
+        self.db.rollback()
         for row_id in candidates:
-            claimed = db.session.execute(
+            claimed = self.db.execute(
                 update(deferred)
                 .where(
                     deferred.c.id == row_id,
@@ -705,7 +731,7 @@ class DeferredRun(_Sender):
                 )
                 .values(lease_until=_lease_until())
             )
-            db.session.commit()
+            self.db.commit()
             if claimed.rowcount == 1:
                 self.row_id = row_id
                 self._send(row_id)
@@ -714,14 +740,14 @@ class DeferredRun(_Sender):
         return False
 
     def _send(self, row_id: int) -> None:
-        row = db.session.execute(
+        row = self.db.execute(
             select(
                 deferred.c.attempts, subscribers.c.id, subscribers.c.email, subscribers.c.token_key
             )
             .join(subscribers, subscribers.c.id == deferred.c.subscriber_id)
             .where(deferred.c.id == row_id)
         ).first()
-        db.session.rollback()
+        self.db.rollback()
         if row is None:
             return  # the subscriber left; the row went with them
         mail = self.template.render(
@@ -730,7 +756,7 @@ class DeferredRun(_Sender):
         self.wait_for_rate()
         outcome, reply = self.deliver(mail)
         if outcome is Outcome.DEFERRED and row.attempts < current_app.config["SEND_RETRY_ATTEMPTS"]:
-            db.session.execute(
+            self.db.execute(
                 update(deferred)
                 .where(deferred.c.id == row_id)
                 .values(
@@ -739,7 +765,7 @@ class DeferredRun(_Sender):
                     lease_until=None,
                 )
             )
-            db.session.commit()
+            self.db.commit()
             return
         if outcome is Outcome.BLOCKED:
             self.pause(
@@ -752,22 +778,22 @@ class DeferredRun(_Sender):
             Outcome.SENT: campaigns.c.sent,
             Outcome.UNKNOWN: campaigns.c.unknown,
         }.get(outcome, campaigns.c.failed)
-        db.session.execute(delete(deferred).where(deferred.c.id == row_id))
-        db.session.execute(
+        self.db.execute(delete(deferred).where(deferred.c.id == row_id))
+        self.db.execute(
             update(campaigns)
             .where(campaigns.c.id == self.campaign_id)
             .values({counter: counter + 1})
         )
-        db.session.commit()
+        self.db.commit()
         if outcome is Outcome.NO_MAILBOX:
             _erase_undeliverable(row.id)
 
     def stopped(self) -> None:
         if self.row_id is not None:
-            db.session.execute(
+            self.db.execute(
                 update(deferred).where(deferred.c.id == self.row_id).values(lease_until=None)
             )
-            db.session.commit()
+            self.db.commit()
 
 
 # --- recovery, finishing, totals ---------------------------------------------------------

@@ -7,7 +7,6 @@ Redis and database; test_send_faults.py kills and races real worker processes.
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -232,7 +231,15 @@ def test_redis_emptied_after_scheduling_loses_nothing(app, work, smtp):
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
 
 
+def expire_leases(campaign_id: int) -> None:
+    """Let every batch's lease (or grace period) run out."""
+    for batch in db.session.scalars(select(SendBatch).where(SendBatch.campaign_id == campaign_id)):
+        batch.lease_until = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+
+
 def test_redis_emptied_after_fan_out_is_recovered_by_the_tick(app, work, smtp):
+    app.config["TICK_INTERVAL"] = 30
     add_subscribers(25)
     campaign_id = add_campaign()
     sending.start(campaign_id)
@@ -240,7 +247,7 @@ def test_redis_emptied_after_fan_out_is_recovered_by_the_tick(app, work, smtp):
 
     jobs.tick()  # too early: the fresh batches get a grace period
     assert get_queue("send").count == 0
-    time.sleep(app.config["TICK_INTERVAL"] + 0.1)
+    expire_leases(campaign_id)
     jobs.tick()
     assert get_queue("send").count == 3
     jobs.tick()  # asking again does not duplicate waiting jobs
@@ -260,13 +267,13 @@ def test_expired_lease_of_a_vanished_worker_is_taken_over(app, work, smtp):
     batch = db.session.scalar(select(SendBatch))
     batch.status, batch.lease_owner, batch.attempts = BatchStatus.RUNNING, "dead-worker", 1
     batch.cursor, batch.sent = ids[3], 4
-    batch.lease_until = utcnow() + timedelta(seconds=1)
+    batch.lease_until = utcnow() + timedelta(seconds=30)
     db.session.commit()
     batch_id = batch.id
 
     jobs.tick()
     assert get_queue("send").count == 0  # the lease still holds
-    time.sleep(1.1)
+    expire_leases(campaign_id)
     jobs.tick()
     assert get_queue("send").job_ids == [f"batch-{batch_id}-1"]
     work()
@@ -279,11 +286,22 @@ def test_expired_lease_of_a_vanished_worker_is_taken_over(app, work, smtp):
 # --- SMTP outcomes -----------------------------------------------------------------------
 
 
+def make_due(campaign_id: int) -> None:
+    """Let the backoff of every deferred message pass."""
+    for row in db.session.scalars(
+        select(DeferredDelivery).where(DeferredDelivery.campaign_id == campaign_id)
+    ):
+        row.next_attempt_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+
+
 def test_4xx_is_retried_with_backoff_and_then_delivered(app, work, smtp):
+    app.config["SEND_RETRY_DELAY"] = 60
     ids = add_subscribers(15)
     busy = address(ids[7])
     smtp.handler.replies[busy] = "451 4.3.0 mailbox busy, try later"
     campaign_id = add_campaign()
+    before = utcnow()
 
     jobs.tick()
     work()
@@ -291,7 +309,7 @@ def test_4xx_is_retried_with_backoff_and_then_delivered(app, work, smtp):
     assert smtp.to(busy) == [] and len(smtp.messages) == 14
     [row] = db.session.scalars(select(DeferredDelivery)).all()
     assert row.subscriber_id == ids[7] and row.attempts == 1
-    assert row.next_attempt_at > utcnow()
+    assert row.next_attempt_at >= before + timedelta(seconds=60)
     assert campaign_row(campaign_id).status == CampaignStatus.SENDING
     assert totals(campaign_id) == {"recipients": 15, "sent": 14, "failed": 0, "unknown": 0}
 
@@ -300,7 +318,7 @@ def test_4xx_is_retried_with_backoff_and_then_delivered(app, work, smtp):
     work()
     assert smtp.to(busy) == []  # not due yet
 
-    time.sleep(1.1)
+    make_due(campaign_id)
     jobs.tick()
     work()
     assert len(smtp.to(busy)) == 1
@@ -311,7 +329,7 @@ def test_4xx_is_retried_with_backoff_and_then_delivered(app, work, smtp):
 
 
 def test_4xx_that_never_clears_counts_as_failed(app, work, smtp):
-    app.config["SEND_RETRY_ATTEMPTS"] = 2
+    app.config.update(SEND_RETRY_ATTEMPTS=2, SEND_RETRY_DELAY=60)
     ids = add_subscribers(3)
     busy = address(ids[1])
     smtp.handler.replies[busy] = "450 4.2.1 mailbox unavailable"
@@ -319,11 +337,14 @@ def test_4xx_that_never_clears_counts_as_failed(app, work, smtp):
 
     jobs.tick()
     work()
-    time.sleep(1.1)
+    make_due(campaign_id)
+    before = utcnow()
     jobs.tick()
     work()
-    assert db.session.scalar(select(DeferredDelivery.attempts)) == 2
-    time.sleep(2.1)  # backoff doubles
+    row = db.session.scalar(select(DeferredDelivery))
+    assert row.attempts == 2
+    assert row.next_attempt_at >= before + timedelta(seconds=120)  # the backoff doubles
+    make_due(campaign_id)
     jobs.tick()
     work()
 
