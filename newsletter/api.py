@@ -215,7 +215,7 @@ def send_test(campaign_id: int):
     data = json_body()
     only_fields(data, {"to"})
     try:
-        campaigns.send_test(campaign_id, data.get("to"))
+        campaigns.send_test(campaign_id, data.get("to", ""))
     except (smtplib.SMTPException, OSError) as exc:
         # The reply may quote the address; the caller gave it, the log gets only the kind.
         current_app.logger.warning(

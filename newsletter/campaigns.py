@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, func, select
 from sqlalchemy import update as sql_update
 
 from newsletter import addresses
@@ -102,16 +102,16 @@ def _check_text(text, errors: dict[str, str]) -> str | None:
 def create(subject: str, html: str, text: str | None = None) -> Campaign:
     """Store a new draft; without a text part, derive one from the HTML."""
     errors: dict[str, str] = {}
-    subject = _check_subject(subject, errors)
-    html = _check_html(html, errors)
-    text = _check_text(text, errors)
-    if errors:
+    checked_subject = _check_subject(subject, errors)
+    checked_html = _check_html(html, errors)
+    checked_text = _check_text(text, errors)
+    if errors or checked_subject is None or checked_html is None:
         raise Invalid(errors)
     campaign = Campaign(
-        subject=subject,
-        html=html,
-        text=text if text is not None else html_to_text(html),
-        text_is_derived=text is None,
+        subject=checked_subject,
+        html=checked_html,
+        text=checked_text if checked_text is not None else html_to_text(checked_html),
+        text_is_derived=checked_text is None,
         status=CampaignStatus.DRAFT,
     )
     db.session.add(campaign)
@@ -140,7 +140,7 @@ def get(campaign_id: int) -> Campaign:
 def _change_status(campaign_id: int, allowed, action: str, hint: str = "", **values) -> Campaign:
     """Apply ``values`` only if the campaign is still in an ``allowed`` status."""
     campaign = get(campaign_id)
-    result = db.session.execute(
+    result: CursorResult = db.session.execute(  # type: ignore[assignment]
         sql_update(Campaign)
         .where(Campaign.id == campaign_id, Campaign.status.in_(allowed))
         .values(updated_at=utcnow(), **values)
