@@ -1,0 +1,358 @@
+"""Sending benchmark: real workers against a fast local SMTP sink, next to a bare smtplib loop.
+
+    .venv/bin/python bench/send.py 10000 100000            # SQLite, and PostgreSQL if reachable
+    .venv/bin/python bench/send.py 10000 --workers 1 --db sqlite
+
+For each database and N it creates N subscribers and an edition of about 20 KB HTML and
+5 KB text, then
+  * sends the rendered message as pre-built bytes with a bare smtplib loop on one
+    connection to the same sink (the practical limit, "bare");
+  * fans the campaign out (timed) and lets 1, then 2 ``python worker.py`` processes send it
+    (timed from the end of the fan-out to the campaign being marked sent);
+  * samples the peak memory (VmHWM) of every worker process and work horse.
+The sink is Postfix's ``smtp-sink`` (Debian package ``postfix``); it must run as
+``-u nobody`` when we are root. This is a benchmark, not a test: it prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, insert, select, text  # noqa: E402
+
+from newsletter import create_app, embedded_redis, sending  # noqa: E402
+from newsletter.extensions import db  # noqa: E402
+from newsletter.models import Campaign, CampaignStatus, ConsentText, Subscriber, utcnow  # noqa: E402
+
+SINK = "/usr/sbin/smtp-sink"
+PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://127.0.0.1:5432/sending_bench")
+
+PARAGRAPH = (
+    "<p>This month we released version 4.2 of the viewer. It opens multi-frame studies "
+    "faster, adds hanging protocols for mammography and fixes the window/level bug that "
+    "some of you reported in the user forum. Read the full release notes on our site.</p>\n"
+)
+
+
+def edition() -> tuple[str, str]:
+    """About 20 KB of HTML and 5 KB of text, like a real monthly edition."""
+    html = "<h1>Product news, November</h1>\n" + PARAGRAPH * 72
+    body = (
+        "Product news, November\n\nThis month we released version 4.2 of the viewer. "
+        "It opens multi-frame studies faster and fixes the window/level bug.\n\n"
+    )
+    return html, body * 33
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    if not os.path.exists(SINK):
+        sys.exit(f"{SINK} is missing: apt-get install postfix (it needs no running daemon)")
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    process = subprocess.Popen(
+        [SINK, *user, f"127.0.0.1:{port}", "1024"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("smtp-sink did not start")
+
+
+def postgres_reachable() -> bool:
+    admin = create_engine(
+        PG_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/postgres",
+        isolation_level="AUTOCOMMIT",
+    )
+    name = PG_URL.rsplit("/", 1)[1]
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
+        print(f"PostgreSQL not used: {type(exc).__name__}: {exc}".splitlines()[0])
+        return False
+    finally:
+        admin.dispose()
+
+
+class Setup:
+    """One database with N subscribers, a Redis and the environment workers share."""
+
+    def __init__(self, database: str, work_dir: Path, redis_url: str, sink_port: int) -> None:
+        url = f"sqlite:///{work_dir / 'bench.db'}" if database == "sqlite" else PG_URL
+        self.environ = {
+            "NEWSLETTER_ENV": "development",
+            "NEWSLETTER_INSTANCE": str(work_dir / "instance"),
+            "SECRET_KEY": "bench-secret-key-0123456789abcdef",
+            "DATABASE_URL": url,
+            "REDIS_URL": redis_url,
+            "MAIL_SERVER": "127.0.0.1",
+            "MAIL_PORT": str(sink_port),
+            "MAIL_DEFAULT_SENDER": "Example News <news@example.com>",
+            "PUBLIC_URL": "https://news.example.com",
+            "EMAIL_CHECK_DELIVERABILITY": "false",
+            "TICK_INTERVAL": "3600",  # the benchmark starts the campaign itself
+            "PATH": os.environ.get("PATH", ""),
+        }
+        self.app = create_app(environ=self.environ)
+        self.app.app_context().push()
+        from flask_migrate import upgrade
+
+        upgrade(directory=str(ROOT / "migrations"))
+        self.count = 0
+
+    def grow_to(self, n: int) -> None:
+        """Add subscribers until there are ``n``."""
+        consent = db.session.scalar(select(ConsentText))
+        if consent is None:
+            consent = ConsentText(version=1, text="I agree.", sha256="0" * 64)
+            db.session.add(consent)
+            db.session.commit()
+        now = utcnow()
+        for start in range(self.count, n, 10_000):
+            rows = [
+                {
+                    "email": f"reader{i}@example.com",
+                    "token_key": secrets.token_urlsafe(12),
+                    "requested_at": now,
+                    "confirmed_at": now,
+                    "consent_text_id": consent.id,
+                }
+                for i in range(start, min(n, start + 10_000))
+            ]
+            db.session.execute(insert(Subscriber.__table__), rows)
+            db.session.commit()
+        self.count = n
+
+    def new_campaign(self) -> int:
+        html, body = edition()
+        campaign = Campaign(subject="Product news, November", html=html, text=body)
+        db.session.add(campaign)
+        db.session.commit()
+        return campaign.id
+
+    def sample_mail(self) -> bytes:
+        from newsletter import mailing, subscriptions
+
+        campaign = db.session.get(Campaign, self.new_campaign())
+        template = mailing.edition_template(campaign.subject, campaign.html, campaign.text)
+        subscriber = db.session.scalar(select(Subscriber).limit(1))
+        url = subscriptions.unsubscribe_url(subscriber)
+        return template.render(subscriber.email, {"unsubscribe_url": url})
+
+
+def bare_loop(port: int, mail, count: int) -> float:
+    """Pre-built bytes over one connection: what smtplib itself can do."""
+    host = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    started = time.perf_counter()
+    for _ in range(count):
+        host.sendmail(mail.sender, [mail.recipient], mail.data)
+    elapsed = time.perf_counter() - started
+    host.quit()
+    return count / elapsed
+
+
+class MemoryWatch(threading.Thread):
+    """Poll VmHWM of the worker processes and every process below them (the horses)."""
+
+    def __init__(self, roots: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.roots = roots
+        self.peaks: dict[int, int] = {}  # pid -> peak kB
+        self.parent_of: dict[int, int] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for root in self.roots:
+                for pid in [root, *self._children(root)]:
+                    peak = self._hwm(pid)
+                    if peak:
+                        self.peaks[pid] = max(peak, self.peaks.get(pid, 0))
+                        if pid != root:
+                            self.parent_of[pid] = root
+            time.sleep(0.02)
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as handle:
+                return [int(p) for p in handle.read().split()]
+        except OSError:
+            return []
+
+    @staticmethod
+    def _hwm(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def report(self) -> tuple[float, float]:
+        """Return (largest worker process, largest work horse) in MB."""
+        parents = [self.peaks.get(root, 0) for root in self.roots]
+        horses = [kb for pid, kb in self.peaks.items() if pid not in self.roots]
+        return max(parents) / 1024, (max(horses) / 1024 if horses else 0.0)
+
+
+def run_workers(setup: Setup, worker_count: int) -> dict:
+    """Start the workers, fan a new campaign out, wait until it is sent."""
+    environ = {**os.environ, **setup.environ, "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py")],
+            env=environ,
+            cwd=str(ROOT),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for _ in range(worker_count)
+    ]
+    from rq import Worker
+
+    from newsletter.extensions import get_redis
+
+    deadline = time.monotonic() + 30
+    while len(Worker.all(connection=get_redis())) < worker_count:
+        if time.monotonic() > deadline:
+            sys.exit("the workers did not start")
+        time.sleep(0.1)
+    watch = MemoryWatch([p.pid for p in processes])
+    watch.start()
+    try:
+        campaign_id = setup.new_campaign()
+        campaign = db.session.get(Campaign, campaign_id)
+        campaign.status, campaign.send_at = (
+            CampaignStatus.SCHEDULED,
+            utcnow() - timedelta(seconds=1),
+        )
+        db.session.commit()
+        started = time.perf_counter()
+        assert sending.start(campaign_id)
+        fanned_out = time.perf_counter()
+        while True:
+            db.session.expire_all()
+            campaign = db.session.get(Campaign, campaign_id)
+            if campaign.status == CampaignStatus.SENT:
+                break
+            db.session.rollback()
+            time.sleep(0.05)
+        finished = time.perf_counter()
+        assert campaign.sent == setup.count, (campaign.sent, setup.count)
+    finally:
+        watch.stop.set()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=60)
+    parent_mb, horse_mb = watch.report()
+    return {
+        "fan_out": fanned_out - started,
+        "rate": setup.count / (finished - fanned_out),
+        "parent_mb": parent_mb,
+        "horse_mb": horse_mb,
+    }
+
+
+def bench(database: str, sizes: list[int], worker_counts: list[int], sink_port: int) -> list:
+    work_dir = Path(tempfile.mkdtemp(prefix="nl-bench-"))
+    redis_dir = Path("/tmp") / f"nl-bench-redis-{os.getpid()}"
+    redis_url = embedded_redis.ensure_running(redis_dir)
+    rows = []
+    try:
+        setup = Setup(database, work_dir, redis_url, sink_port)
+        for n in sizes:
+            setup.grow_to(n)
+            mail = setup.sample_mail()
+            for workers in worker_counts:
+                # Measured right before each run: other load on the machine hits both alike.
+                bare = bare_loop(sink_port, mail, min(n, 10_000))
+                result = run_workers(setup, workers)
+                rows.append((database, n, len(mail.data), bare, workers, result))
+                print(
+                    f"{database:10} N={n:>7} workers={workers} bare={bare:7.0f}/s "
+                    f"pipeline={result['rate']:7.0f}/s ratio={result['rate'] / bare:4.2f} "
+                    f"fan-out={result['fan_out']:5.2f}s worker={result['parent_mb']:5.1f} MB "
+                    f"horse={result['horse_mb']:5.1f} MB",
+                    flush=True,
+                )
+        db.session.remove()
+        db.engine.dispose()
+    finally:
+        embedded_redis.stop(redis_dir)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[10_000, 100_000])
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--db", nargs="+", default=["sqlite", "postgresql"])
+    args = parser.parse_args()
+
+    port = free_port()
+    sink = start_sink(port)
+    all_rows = []
+    try:
+        for database in args.db:
+            if database == "postgresql" and not postgres_reachable():
+                continue
+            all_rows += bench(database, args.sizes, args.workers, port)
+    finally:
+        sink.terminate()
+        sink.wait()
+
+    print()
+    print(
+        "| database | N | message | bare loop msgs/s | workers | pipeline msgs/s "
+        "| ratio to bare | vs 1 worker | fan-out s | worker peak MB | horse peak MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    one = {}
+    for database, n, size, bare, workers, result in all_rows:
+        if workers == 1:
+            one[(database, n)] = result["rate"]
+        speedup = result["rate"] / one[(database, n)] if (database, n) in one else float("nan")
+        print(
+            f"| {database} | {n:,} | {size / 1024:.1f} KB | {bare:,.0f} | {workers} "
+            f"| {result['rate']:,.0f} | {result['rate'] / bare:.2f} | {speedup:.2f}x "
+            f"| {result['fan_out']:.2f} | {result['parent_mb']:.1f} | {result['horse_mb']:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
