@@ -385,6 +385,7 @@ def schedule(campaign_id: int):
     when = request.form.get("when", "slot")
     send_at_local = request.form.get("send_at", "")
     zone = request.form.get("zone", "")
+    send_at: datetime | str | None
     try:
         if when == "now":
             send_at = "now"

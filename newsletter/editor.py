@@ -57,13 +57,6 @@ def to_html(source: str, source_format: str) -> str:
         ) from None
 
 
-def to_text(html: str) -> str:
-    """Return the plain-text part for the body ``html`` (the campaign service's converter)."""
-    from newsletter.rendering import html_to_text
-
-    return html_to_text(html)
-
-
 def save(campaign_id: int | None, subject: str, source: str, source_format: str) -> Campaign:
     """Create (``campaign_id=None``) or update a campaign from what staff wrote.
 
