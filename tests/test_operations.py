@@ -189,9 +189,16 @@ def test_make_run_serves_catches_mail_confirms_and_stops_cleanly(tmp_path):
         assert browser.open("/healthz")[0] == 0  # nothing listens any more
         assert "[make run] stopped" in log.read_text()
     finally:
+        # A failed assertion leaves the service running: stop it the normal way first; its
+        # children have their own process groups, so SIGKILL reaches them one by one.
         if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            children |= descendants(server.pid)
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
         for pid in children:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
