@@ -60,6 +60,13 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     )
     _quiet_access_log()
 
+    if app.config["PROXY_COUNT"]:
+        # Behind a TLS proxy: take the client IP (rate limits) and scheme from its headers.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        count = app.config["PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]
+
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     mail.init_app(app)

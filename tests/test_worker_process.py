@@ -12,7 +12,11 @@ from tests.conftest import csrf_token, run_worker_process
 def test_worker_process_sends_the_confirmation_and_logs_no_address(app, client, smtp, base_environ):
     response = client.post(
         "/subscribe",
-        data={"email": "worker.reader@example.com", "consent": "yes", "csrf_token": csrf_token(client)},
+        data={
+            "email": "worker.reader@example.com",
+            "consent": "yes",
+            "csrf_token": csrf_token(client),
+        },
     )
     assert response.status_code == 200
     db.session.remove()
