@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import cast
 
 from flask import current_app
 from sqlalchemy import delete, select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from newsletter import addresses, consent, jobs, stats, tokens
@@ -190,13 +192,13 @@ def erase(subscriber: Subscriber, reason: str) -> None:
     the address. ``reason`` names the route: unsubscribe, manage, staff, undeliverable.
     """
     subscriber_id, email = subscriber.id, subscriber.email
-    db.session.execute(delete(PendingSignup).where(PendingSignup.email == email))
-    deleted = db.session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
-    if deleted.rowcount:
+    _delete(delete(PendingSignup).where(PendingSignup.email == email))
+    deleted = _delete(delete(Subscriber).where(Subscriber.id == subscriber_id))
+    if deleted:
         stats.tally(f"erased_{reason}")
     db.session.commit()
     erase_traces()
-    if deleted.rowcount:
+    if deleted:
         log.info("subscriber %s erased (%s)", subscriber_id, reason)
 
 
@@ -219,11 +221,17 @@ def erase_address(raw_email: str, reason: str = "staff") -> bool:
         email = addresses.normalize(raw_email, check_deliverability=False)
     except addresses.InvalidAddress:
         return False
-    result = db.session.execute(delete(PendingSignup).where(PendingSignup.email == email))
+    deleted = _delete(delete(PendingSignup).where(PendingSignup.email == email))
     db.session.commit()
-    if result.rowcount:
+    if deleted:
         erase_traces()
-    return bool(result.rowcount)
+    return bool(deleted)
+
+
+def _delete(statement) -> int:
+    """Run a DELETE in the session's transaction; return how many rows it removed."""
+    result = cast(CursorResult, db.session.execute(statement))
+    return result.rowcount
 
 
 def request_manage_link(raw_email: str) -> None:
