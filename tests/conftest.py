@@ -124,7 +124,6 @@ def app(base_environ, migrated, smtp_server, app_config):
         _empty(app)
         db.engine.dispose()
         get_redis().close()  # unclosed sockets turn into ResourceWarnings, i.e. errors
-        get_redis().close()  # unclosed sockets turn into ResourceWarnings, i.e. errors
 
 
 def _empty(app) -> None:
