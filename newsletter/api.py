@@ -189,7 +189,7 @@ def create_campaign():
 
 @bp.get("/campaigns")
 def list_campaigns():
-    return jsonify({"campaigns": [campaign_json(c) for c in campaigns.list_all()]})
+    return jsonify([campaign_json(c) for c in campaigns.list_all()])
 
 
 @bp.get("/campaigns/<int:campaign_id>")

@@ -102,15 +102,9 @@ SCHEMAS = {
         ]
     },
     "CampaignList": {
-        "type": "object",
-        "required": ["campaigns"],
-        "properties": {
-            "campaigns": {
-                "type": "array",
-                "items": _ref("Campaign"),
-                "description": "Newest first.",
-            }
-        },
+        "type": "array",
+        "items": _ref("Campaign"),
+        "description": "Newest first.",
     },
     "NewCampaign": {
         "type": "object",

@@ -199,7 +199,7 @@ def test_large_edition_is_accepted(api):
 def test_list_is_newest_first_without_content(api):
     first = api.create(subject="October")
     second = api.create(subject="November")
-    listed = api("GET", "/campaigns").get_json()["campaigns"]
+    listed = api("GET", "/campaigns").get_json()
     assert [c["id"] for c in listed] == [second["id"], first["id"]]
     assert "html" not in listed[0]
     assert {"id", "subject", "status", "send_at", "recipients", "sent", "failed"} <= set(listed[0])
