@@ -298,6 +298,12 @@ def test_campaign_page_works_without_javascript(app, live_server, browser):
     page = context.new_page()
     page.goto(live_url + "/admin/login")
     # Keyboard only: the address field has focus, Tab leads to the password, Enter sends.
+    # Wait for the autofocus to land first: keys typed before it are lost on a busy machine.
+    email_field = page.locator("#email")
+    for _ in range(50):
+        if email_field.evaluate("element => element === document.activeElement"):
+            break
+        page.wait_for_timeout(100)
     page.keyboard.type(STAFF)
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
