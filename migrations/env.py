@@ -92,6 +92,9 @@ def run_migrations_online():
             # Batch migrations copy tables; with foreign keys on, SQLite would cascade the
             # copy's DROP TABLE into every child row. Must run outside a transaction.
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            # SQLAlchemy opened a transaction for the PRAGMA; end it, or Alembic joins it
+            # and never commits (the version row would be rolled back).
+            connection.commit()
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():

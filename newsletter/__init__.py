@@ -44,13 +44,17 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     except config_module.ConfigError as exc:
         if test_config is not None and test_config.get("RAISE_CONFIG_ERRORS"):
             raise
-        sys.exit(f"newsletter: configuration error: {exc}")
+        print(f"newsletter: configuration error: {exc}", file=sys.stderr)
+        # 3 is gunicorn's "worker failed to boot": its master stops instead of retrying.
+        raise SystemExit(3) from None
     if test_config:
         app.config.update(test_config)
 
     redis_url = app.config["REDIS_URL"]
-    if not redis_url:
-        redis_url = embedded_redis.ensure_running(app.instance_path)
+    embedded = not redis_url
+    if embedded:
+        # Started on first use (get_redis), so `db upgrade` and friends leave none running.
+        redis_url = f"unix://{embedded_redis.socket_path(app.instance_path)}"
         app.config["REDIS_URL"] = redis_url
     app.config.setdefault("RATELIMIT_STORAGE_URI", limiter_storage_uri(redis_url))
     app.config.setdefault("RATELIMIT_STORAGE_OPTIONS", {"socket_timeout": 5})
@@ -72,7 +76,7 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     mail.init_app(app)
     csrf.init_app(app)
     limiter.init_app(app)
-    init_redis(app, redis_url)
+    init_redis(app, redis_url, embedded_folder=app.instance_path if embedded else None)
 
     from newsletter import cli, public, security
 

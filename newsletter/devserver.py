@@ -47,6 +47,8 @@ def say(message: str) -> None:
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        # Like the servers we start: sockets of a stopped run in TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError:

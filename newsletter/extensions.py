@@ -36,11 +36,26 @@ limiter = Limiter(client_ip_key, default_limits=[], headers_enabled=True, key_pr
 QUEUE_NAMES = ("mail", "send", "tick")  # highest priority first
 
 
-def init_redis(app: Flask, url: str) -> None:
+def init_redis(app: Flask, url: str, embedded_folder: str | None = None) -> None:
     app.extensions["redis"] = redis.Redis.from_url(url, health_check_interval=30)
+    if embedded_folder:
+        app.extensions["embedded_redis"] = embedded_folder
+        # Web requests may hit the rate limiter, which talks to Redis on its own.
+        app.before_request(_start_embedded_redis)
+
+
+def _start_embedded_redis() -> None:
+    get_redis()
 
 
 def get_redis() -> redis.Redis:
+    """Return the Redis client; the embedded server is started the first time it is needed."""
+    folder = current_app.extensions.get("embedded_redis")
+    if folder and not current_app.extensions.get("embedded_redis_started"):
+        from newsletter import embedded_redis
+
+        embedded_redis.ensure_running(folder)
+        current_app.extensions["embedded_redis_started"] = True
     return current_app.extensions["redis"]
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import redis
 from flask import Flask, Response, current_app, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from newsletter.extensions import csrf
 
@@ -83,6 +84,14 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError):
         return render_template("errors/csrf.html", reason=error.description), 400
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    def redis_unavailable(error: Exception):
+        # Ask the visitor to retry; a sign-up already committed is mailed by the tick later.
+        current_app.logger.error("Redis is unreachable: %s", type(error).__name__)
+        unavailable = ServiceUnavailable("The service is briefly unavailable. Please try again.")
+        return http_error(unavailable)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -393,3 +393,33 @@ def test_proxy_count_takes_the_client_ip_from_the_proxy(base_environ, migrated):
             ).status_code
         )
     assert codes == [200, 200, 429]
+
+
+def test_redis_down_gets_a_503_page_and_the_sign_up_is_mailed_later(
+    app, client, work, smtp, monkeypatch
+):
+    from datetime import timedelta
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from newsletter import jobs
+
+    token = csrf_token(client)
+    down = redis.Redis(unix_socket_path="/nonexistent/redis.sock", retry=Retry(NoBackoff(), 0))
+    with monkeypatch.context() as patch:
+        patch.setitem(app.extensions, "redis", down)
+        response = client.post(
+            "/subscribe",
+            data={"email": "patient@example.com", "consent": "yes", "csrf_token": token},
+        )
+    assert response.status_code == 503
+    assert "try again" in response.get_data(as_text=True)
+    pending = db.session.scalar(select(PendingSignup))
+    pending.requested_at -= timedelta(minutes=1)
+    db.session.commit()
+    jobs.enqueue_tick(3)
+    work()
+    work()
+    assert [m.rcpt_tos for m in smtp.messages] == [["patient@example.com"]]
