@@ -97,7 +97,7 @@ def enqueue_confirmation(pending_id: int):
 @job
 def send_confirmation(pending_id: int) -> None:
     """Mail the confirmation link of a pending sign-up or address change, once."""
-    from newsletter import mailing, tokens
+    from newsletter import mailing, subscriptions, tokens
     from newsletter.models import PendingPurpose, PendingSignup, Subscriber, utcnow
 
     pending = db.session.get(PendingSignup, pending_id)
@@ -114,13 +114,11 @@ def send_confirmation(pending_id: int) -> None:
             db.session.commit()
             log.info("sign-up %s: address already subscribed, nothing sent", pending_id)
             return
-        mail = mailing.confirmation_mail(
-            pending.email, tokens.url(tokens.Purpose.CONFIRM, pending.public_id)
-        )
+    link = tokens.url(tokens.Purpose.CONFIRM, subscriptions.confirm_key(pending))
+    if pending.purpose == PendingPurpose.SUBSCRIBE:
+        mail = mailing.confirmation_mail(pending.email, link)
     else:
-        mail = mailing.change_address_mail(
-            pending.email, tokens.url(tokens.Purpose.CONFIRM, pending.public_id)
-        )
+        mail = mailing.change_address_mail(pending.email, link)
     send_or_explain(mail, f"sign-up {pending_id}")
     pending.mail_sent_at = utcnow()
     db.session.commit()

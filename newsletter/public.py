@@ -67,19 +67,19 @@ def _token_error(error: Exception, page: str):
 @bp.get("/confirm/<token>")
 def confirm_page(token: str):
     try:
-        subscriptions.check_confirm_token(token)
+        change = subscriptions.check_confirm_token(token)
     except (tokens.InvalidToken, tokens.ExpiredToken) as exc:
         return _token_error(exc, "public/confirm_error.html")
-    return render_template("public/confirm.html", token=token)
+    return render_template("public/confirm.html", token=token, change=change)
 
 
 @bp.post("/confirm/<token>")
 def confirm(token: str):
     try:
-        subscriptions.confirm(token)
+        change = subscriptions.confirm(token)
     except (tokens.InvalidToken, tokens.ExpiredToken) as exc:
         return _token_error(exc, "public/confirm_error.html")
-    return render_template("public/confirmed.html")
+    return render_template("public/confirmed.html", change=change)
 
 
 @bp.get("/privacy")

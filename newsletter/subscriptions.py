@@ -79,24 +79,40 @@ def _upsert_pending(
     raise RuntimeError("could not store the pending sign-up")  # pragma: no cover
 
 
-def check_confirm_token(token: str) -> None:
-    """Raise InvalidToken or ExpiredToken; change nothing (for the GET page)."""
-    tokens.read(tokens.Purpose.CONFIRM, token)
+# Confirmation keys of address changes carry this prefix, so that their pages say what
+# they do, also on a repeat after the pending change is consumed.
+CHANGE_KEY_PREFIX = "change:"
 
 
-def confirm(token: str) -> None:
-    """Turn the pending sign-up behind ``token`` into a subscriber, once.
+def confirm_key(pending: PendingSignup) -> str:
+    if pending.purpose == PendingPurpose.CHANGE_EMAIL:
+        return CHANGE_KEY_PREFIX + pending.public_id
+    return pending.public_id
+
+
+def check_confirm_token(token: str) -> bool:
+    """Raise InvalidToken or ExpiredToken; change nothing (for the GET page).
+
+    Return whether the token confirms an address change (else a sign-up).
+    """
+    return tokens.read(tokens.Purpose.CONFIRM, token).startswith(CHANGE_KEY_PREFIX)
+
+
+def confirm(token: str) -> bool:
+    """Turn the pending sign-up (or address change) behind ``token`` into effect, once.
 
     A repeat (double click, or after an unsubscribe) finds no pending row and changes
-    nothing: the caller shows the same "confirmed" page.
+    nothing: the caller shows the same "confirmed" page. Return whether it was a change.
     """
-    public_id = tokens.read(tokens.Purpose.CONFIRM, token)
+    key = tokens.read(tokens.Purpose.CONFIRM, token)
+    is_change = key.startswith(CHANGE_KEY_PREFIX)
+    public_id = key.removeprefix(CHANGE_KEY_PREFIX)
     pending = db.session.scalar(select(PendingSignup).where(PendingSignup.public_id == public_id))
     if pending is None:
-        return
+        return is_change
     if pending.purpose == PendingPurpose.CHANGE_EMAIL:
         _apply_address_change(pending)
-        return
+        return True
     already = db.session.scalar(select(Subscriber.id).where(Subscriber.email == pending.email))
     if already is None:
         db.session.add(
@@ -116,6 +132,7 @@ def confirm(token: str) -> None:
         # A concurrent click confirmed the same sign-up first: the outcome is the same.
         db.session.rollback()
     erase_traces()
+    return False
 
 
 def _apply_address_change(pending: PendingSignup) -> None:

@@ -182,9 +182,13 @@ def test_change_of_address_takes_effect_only_after_the_new_address_confirms(
     work()
     [mail] = smtp.to("new.home@example.com")
     confirm = path_of(link_in(mail.text, "confirm"))
-    assert client.get(confirm).status_code == 200
+    page = client.get(confirm)
+    assert page.status_code == 200 and "Yes, use this address" in page.get_data(as_text=True)
     assert subscriber("new.home@example.com") is None  # a GET changes nothing
-    assert client.post(confirm, data={"csrf_token": csrf_token(client, confirm)}).status_code == 200
+    done = client.post(confirm, data={"csrf_token": csrf_token(client, confirm)})
+    assert done.status_code == 200 and "Your address is changed" in done.get_data(as_text=True)
+    repeat = client.post(confirm, data={"csrf_token": csrf_token(client, confirm)})
+    assert "Your address is changed" in repeat.get_data(as_text=True)
 
     db.session.expire_all()
     after = subscriber("new.home@example.com")
