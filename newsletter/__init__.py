@@ -78,12 +78,15 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     limiter.init_app(app)
     init_redis(app, redis_url, embedded_folder=app.instance_path if embedded else None)
 
-    from newsletter import cli, public, security
+    from newsletter import admin, api, cli, dev, manage, public, security
 
     security.init_app(app)
     app.register_blueprint(public.bp)
+    manage.init_app(app)
+    api.init_app(app)
+    admin.init_app(app)
+    dev.init_app(app)  # only in development, with a local outbox
     cli.init_app(app)
-    _register_optional_blueprints(app)
     return app
 
 
@@ -91,25 +94,6 @@ def _environ() -> dict:
     import os
 
     return dict(os.environ)
-
-
-def _register_optional_blueprints(app: Flask) -> None:
-    """Register the areas that live in their own modules."""
-    import importlib
-
-    for module_name in (
-        "newsletter.manage",
-        "newsletter.api",
-        "newsletter.admin",
-        "newsletter.dev",
-    ):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.init_app(app)
 
 
 def _quiet_access_log() -> None:
