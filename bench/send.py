@@ -1,7 +1,7 @@
 """Sending benchmark: real workers against a fast local SMTP sink, next to a bare smtplib loop.
 
     .venv/bin/python bench/send.py 10000 100000            # SQLite, and PostgreSQL if reachable
-    .venv/bin/python bench/send.py 10000 --workers 1 --db sqlite
+    .venv/bin/python bench/send.py 10000 --workers 1 --db sqlite --repeat 3
 
 For each database and N it creates N subscribers and an edition of about 20 KB HTML and
 5 KB text, then
@@ -287,7 +287,21 @@ def run_workers(setup: Setup, worker_count: int) -> dict:
     }
 
 
-def bench(database: str, sizes: list[int], worker_counts: list[int], sink_port: int) -> list:
+def best_of(runs: list[tuple[float, dict]]) -> tuple[float, dict]:
+    """Best rates (the machine may be busy with other work), worst fan-out and memory."""
+    bare = max(b for b, _ in runs)
+    results = [r for _, r in runs]
+    return bare, {
+        "rate": max(r["rate"] for r in results),
+        "fan_out": max(r["fan_out"] for r in results),
+        "parent_mb": max(r["parent_mb"] for r in results),
+        "horse_mb": max(r["horse_mb"] for r in results),
+    }
+
+
+def bench(
+    database: str, sizes: list[int], worker_counts: list[int], sink_port: int, repeat: int
+) -> list:
     work_dir = Path(tempfile.mkdtemp(prefix="nl-bench-"))
     redis_dir = Path("/tmp") / f"nl-bench-redis-{os.getpid()}"
     redis_url = embedded_redis.ensure_running(redis_dir)
@@ -298,9 +312,12 @@ def bench(database: str, sizes: list[int], worker_counts: list[int], sink_port: 
             setup.grow_to(n)
             mail = setup.sample_mail()
             for workers in worker_counts:
-                # Measured right before each run: other load on the machine hits both alike.
-                bare = bare_loop(sink_port, mail, min(n, 10_000))
-                result = run_workers(setup, workers)
+                runs = []
+                for _ in range(repeat):
+                    # Right before each run: other load on the machine hits both alike.
+                    bare = bare_loop(sink_port, mail, min(n, 10_000))
+                    runs.append((bare, run_workers(setup, workers)))
+                bare, result = best_of(runs)
                 rows.append((database, n, len(mail.data), bare, workers, result))
                 print(
                     f"{database:10} N={n:>7} workers={workers} bare={bare:7.0f}/s "
@@ -322,6 +339,7 @@ def main() -> None:
     parser.add_argument("sizes", nargs="*", type=int, default=[10_000, 100_000])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--db", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument("--repeat", type=int, default=1, help="runs per row; best rate wins")
     args = parser.parse_args()
 
     port = free_port()
@@ -331,7 +349,7 @@ def main() -> None:
         for database in args.db:
             if database == "postgresql" and not postgres_reachable():
                 continue
-            all_rows += bench(database, args.sizes, args.workers, port)
+            all_rows += bench(database, args.sizes, args.workers, port, args.repeat)
     finally:
         sink.terminate()
         sink.wait()
