@@ -373,25 +373,30 @@ def test_healthz_reports_redis_down(app, client, monkeypatch):
 
 def test_proxy_count_takes_the_client_ip_from_the_proxy(base_environ, migrated):
     from newsletter import create_app
+    from newsletter.extensions import get_redis
 
-    app = create_app(environ={**base_environ, "PROXY_COUNT": "1"})
-    app.config["SIGNUP_LIMIT_PER_IP"] = "1/hour"
-    client = app.test_client()
-    with app.app_context():
-        from newsletter.extensions import get_redis
-
-        get_redis().flushdb()
+    proxied = create_app(environ={**base_environ, "PROXY_COUNT": "1"})
+    proxied.config["SIGNUP_LIMIT_PER_IP"] = "1/hour"
+    client = proxied.test_client()
     codes = []
-    for n, ip in enumerate(("198.51.100.1", "198.51.100.2", "198.51.100.2")):
-        with app.app_context():
-            token = csrf_token(client)
-        codes.append(
-            client.post(
-                "/subscribe",
-                data={"email": f"p{n}@example.com", "consent": "yes", "csrf_token": token},
-                headers={"X-Forwarded-For": ip},
-            ).status_code
-        )
+    with proxied.app_context():
+        get_redis().flushdb()
+        try:
+            for n, ip in enumerate(("198.51.100.1", "198.51.100.2", "198.51.100.2")):
+                response = client.post(
+                    "/subscribe",
+                    data={
+                        "email": f"p{n}@example.com",
+                        "consent": "yes",
+                        "csrf_token": csrf_token(client),
+                    },
+                    headers={"X-Forwarded-For": ip},
+                )
+                codes.append(response.status_code)
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+            get_redis().close()
     assert codes == [200, 200, 429]
 
 
