@@ -33,7 +33,8 @@ mail = Mail()
 csrf = CSRFProtect()
 limiter = Limiter(client_ip_key, default_limits=[], headers_enabled=True, key_prefix="nl")
 
-QUEUE_NAMES = ("mail", "send", "tick")  # highest priority first
+# Highest priority first: the tick is short and drives recovery; sign-up mail beats editions.
+QUEUE_NAMES = ("tick", "mail", "send")
 
 
 def init_redis(app: Flask, url: str, embedded_folder: str | None = None) -> None:
