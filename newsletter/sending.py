@@ -59,8 +59,9 @@ subscribers = Subscriber.__table__
 class Outcome(enum.Enum):
     SENT = "sent"
     DEFERRED = "deferred"  # 4xx: try again later
-    NO_MAILBOX = "no_mailbox"  # 5.1.x: the address does not exist; erase it
+    NO_MAILBOX = "no_mailbox"  # 5.1.1/5.1.10 for the recipient: it does not exist; erase it
     BLOCKED = "blocked"  # 5.7.x: policy or reputation block; a human must look
+    SENDER = "sender"  # our sender address was refused (MAIL FROM, 5.1.7/5.1.8); a human must look
     FAILED = "failed"  # any other permanent refusal
     UNKNOWN = "unknown"  # the connection dropped after DATA: maybe delivered, never resend
 
@@ -68,17 +69,24 @@ class Outcome(enum.Enum):
 _ENHANCED_STATUS = re.compile(rb"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
-def classify(code: int, message: bytes | str) -> Outcome:
-    """Sort an SMTP refusal by its reply code and enhanced status code (RFC 3463)."""
+def classify(code: int, message: bytes | str, stage: str = "rcpt") -> Outcome:
+    """Sort an SMTP refusal by its reply code, enhanced status code (RFC 3463) and stage.
+
+    ``stage`` is "mail" (MAIL FROM: about our sender), "rcpt" or "data". Only 5.1.1 and
+    5.1.10 about the recipient mean the address does not exist; 5.1.7/5.1.8 and any
+    permanent refusal of MAIL FROM are about our own address and must not erase anybody.
+    """
     if 400 <= code < 500:
         return Outcome.DEFERRED
     text = message.encode("utf-8", "replace") if isinstance(message, str) else message
     match = _ENHANCED_STATUS.match(text or b"")
-    if match and match.group(1) == b"5":
-        if match.group(2) == b"1":
-            return Outcome.NO_MAILBOX
-        if match.group(2) == b"7":
-            return Outcome.BLOCKED
+    detail = (match.group(2), match.group(3)) if match and match.group(1) == b"5" else None
+    if detail is not None and detail[0] == b"7":
+        return Outcome.BLOCKED
+    if stage == "mail" or detail in ((b"1", b"7"), (b"1", b"8")):
+        return Outcome.SENDER
+    if detail in ((b"1", b"1"), (b"1", b"10")):
+        return Outcome.NO_MAILBOX
     return Outcome.FAILED
 
 
@@ -413,23 +421,33 @@ class _Sender:
             self.open()
 
     def deliver(self, mail: mailing.OutgoingMail) -> tuple[Outcome, str]:
-        """Hand one message to the server and sort its answer."""
-        self._ready()
-        try:
-            self.conn.deliver(mail)
-            return Outcome.SENT, ""
-        except smtplib.SMTPServerDisconnected:
-            # Dropped while the message was under way: it may have been delivered.
-            self.close()
-            return Outcome.UNKNOWN, "connection dropped"
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, message = next(iter(exc.recipients.values()))
-        except smtplib.SMTPResponseException as exc:
-            code, message = exc.smtp_code, exc.smtp_error
-        finally:
-            self.last_used = time.monotonic()
-        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
-        return classify(code, message), f"{code} {text}"[:200]
+        """Hand one message to the server and sort its answer.
+
+        A connection that drops before the message is complete delivered nothing: reconnect
+        and try once more, then defer. Only a drop after the final dot is UNKNOWN.
+        """
+        for _ in range(2):
+            self._ready()
+            try:
+                self.conn.deliver(mail)
+                return Outcome.SENT, ""
+            except smtp.OutcomeUnknown:
+                self.close()  # it may have been delivered: never resend
+                return Outcome.UNKNOWN, "connection dropped after the message"
+            except smtplib.SMTPServerDisconnected:
+                self.close()
+                continue
+            except smtplib.SMTPSenderRefused as exc:
+                code, message, stage = exc.smtp_code, exc.smtp_error, "mail"
+            except smtplib.SMTPRecipientsRefused as exc:
+                (code, message), stage = next(iter(exc.recipients.values())), "rcpt"
+            except smtplib.SMTPResponseException as exc:
+                code, message, stage = exc.smtp_code, exc.smtp_error, "data"
+            finally:
+                self.last_used = time.monotonic()
+            text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+            return classify(code, message, stage), f"{code} {text}"[:200]
+        return Outcome.DEFERRED, "connection dropped before the message was complete"
 
     # -- pacing and status
 
@@ -473,15 +491,28 @@ class _Sender:
     def renew(self) -> None:
         """Extend this run's lease."""
 
-    def pause(self, reason: str) -> None:
-        """A 5.7.x block: pause the campaign for a person to look at."""
+    def pause(self, outcome: Outcome, reply: str) -> None:
+        """A policy block or a refused sender address: pause for a person to look at."""
+        reason = _PAUSE_REASONS[outcome].format(reply=reply)
         self.db.execute(
             update(campaigns)
             .where(campaigns.c.id == self.campaign_id, campaigns.c.status == CampaignStatus.SENDING)
             .values(status=CampaignStatus.PAUSED, status_reason=reason[:500], updated_at=utcnow())
         )
         self.db.commit()
-        log.warning("campaign %s paused: the mail server refused by policy", self.campaign_id)
+        log.warning("campaign %s paused: %s", self.campaign_id, outcome.value)
+
+
+_PAUSE_REASONS = {
+    Outcome.BLOCKED: (
+        "The mail server refused by policy ({reply}). Check the sending setup and "
+        "reputation, then resume."
+    ),
+    Outcome.SENDER: (
+        "The mail server refused our sender address ({reply}). Check the sender address "
+        "(MAIL_DEFAULT_SENDER) and its domain's DNS, then resume."
+    ),
+}
 
 
 class BatchRun(_Sender):
@@ -582,13 +613,10 @@ class BatchRun(_Sender):
         elif outcome is Outcome.NO_MAILBOX:
             self._advance(subscriber.id, failed=1)
             _erase_undeliverable(subscriber.id)
-        elif outcome is Outcome.BLOCKED:
-            self.pause(
-                f"The mail server refused by policy ({reply}). Check the sending "
-                "setup and reputation, then resume."
-            )
+        elif outcome in (Outcome.BLOCKED, Outcome.SENDER):
+            self.pause(outcome, reply)
             self.release()
-            raise _Stop("policy block")
+            raise _Stop(outcome.value)
         else:
             self._advance(subscriber.id, failed=1)
 
@@ -769,13 +797,10 @@ class DeferredRun(_Sender):
             )
             self.db.commit()
             return
-        if outcome is Outcome.BLOCKED:
-            self.pause(
-                f"The mail server refused by policy ({reply}). Check the sending "
-                "setup and reputation, then resume."
-            )
+        if outcome in (Outcome.BLOCKED, Outcome.SENDER):
+            self.pause(outcome, reply)
             self.stopped()
-            raise _Stop("policy block")
+            raise _Stop(outcome.value)
         counter = {
             Outcome.SENT: campaigns.c.sent,
             Outcome.UNKNOWN: campaigns.c.unknown,

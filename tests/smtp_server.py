@@ -1,7 +1,7 @@
 """An in-process SMTP server (aiosmtpd) that captures what it receives.
 
-Replies can be programmed per recipient, to test how sending handles 4xx, 5xx and a
-connection dropped after DATA.
+Replies can be programmed per recipient (at RCPT TO or after DATA) and for MAIL FROM, to
+test how sending handles 4xx, 5xx and a connection dropped at RCPT TO or after DATA.
 """
 
 from __future__ import annotations
@@ -47,7 +47,30 @@ class CaptureHandler:
         self.lock = threading.Lock()
         self.replies: dict[str, str] = {}  # recipient -> SMTP reply at DATA, e.g. "450 4.2.0 busy"
         self.drop_after_data: set[str] = set()
+        self.rcpt_replies: dict[str, str] = {}  # recipient -> reply to RCPT TO
+        self.mail_reply: str | None = None  # reply to every MAIL FROM, e.g. "553 5.1.8 ..."
+        self.drop_at_rcpt: set[str] = set()  # close the connection at RCPT TO, once each
         self.delay = 0.0
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        recipient = address.lower()
+        if recipient in self.drop_at_rcpt:
+            self.drop_at_rcpt.discard(recipient)
+            server.transport.close()  # before DATA: certainly not delivered
+            return "421 closing"
+        reply = self.rcpt_replies.get(recipient)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         recipient = envelope.rcpt_tos[0].lower()
@@ -92,6 +115,9 @@ class SmtpServer:
             self.handler.messages.clear()
         self.handler.replies.clear()
         self.handler.drop_after_data.clear()
+        self.handler.rcpt_replies.clear()
+        self.handler.mail_reply = None
+        self.handler.drop_at_rcpt.clear()
         self.handler.delay = 0.0
 
     @property

@@ -505,7 +505,10 @@ def test_cancelled_campaign_keeps_its_totals_and_drops_the_bookkeeping(app, work
         (450, b"4.2.1 try later", sending.Outcome.DEFERRED),
         (421, b"closing", sending.Outcome.DEFERRED),
         (550, b"5.1.1 <x@example.com>: no such user", sending.Outcome.NO_MAILBOX),
-        (553, b"5.1.3 bad address syntax", sending.Outcome.NO_MAILBOX),
+        (550, b"5.1.10 null MX", sending.Outcome.NO_MAILBOX),
+        (553, b"5.1.3 bad address syntax", sending.Outcome.FAILED),
+        (553, b"5.1.8 sender domain does not resolve", sending.Outcome.SENDER),
+        (550, b"5.1.7 bad sender mailbox syntax", sending.Outcome.SENDER),
         (550, b"5.7.1 blocked by policy", sending.Outcome.BLOCKED),
         (554, b"5.7.26 DMARC policy", sending.Outcome.BLOCKED),
         (550, b"mailbox unavailable", sending.Outcome.FAILED),
@@ -514,3 +517,72 @@ def test_cancelled_campaign_keeps_its_totals_and_drops_the_bookkeeping(app, work
 )
 def test_smtp_replies_are_sorted_by_class(code, message, outcome):
     assert sending.classify(code, message) is outcome
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "outcome"),
+    [
+        (550, b"5.1.1 sender unknown", sending.Outcome.SENDER),
+        (553, b"mailbox name not allowed", sending.Outcome.SENDER),
+        (550, b"5.7.1 sender blocked", sending.Outcome.BLOCKED),
+        (451, b"4.1.8 try later", sending.Outcome.DEFERRED),
+    ],
+)
+def test_refused_mail_from_is_about_our_sender_never_the_reader(code, message, outcome):
+    assert sending.classify(code, message, "mail") is outcome
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply"),
+    [("mail", "553 5.1.8 sender domain does not resolve"), ("rcpt", "550 5.1.8 bad sender")],
+)
+def test_refused_sender_address_pauses_and_erases_nobody(app, work, smtp, stage, reply):
+    ids = add_subscribers(12)
+    if stage == "mail":
+        smtp.handler.mail_reply = reply
+    else:
+        smtp.handler.rcpt_replies[address(ids[3])] = reply
+    campaign_id = add_campaign()
+
+    jobs.tick()
+    work()
+
+    assert count(Subscriber) == 12  # nobody is erased for our own address's fault
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.PAUSED
+    assert "5.1.8" in campaign.status_reason and "sender address" in campaign.status_reason
+    assert totals(campaign_id)["failed"] == 0
+
+    smtp.handler.mail_reply = None
+    smtp.handler.rcpt_replies.clear()
+    assert sending.resume(campaign_id)
+    work()
+    copies = copies_per_recipient(smtp)
+    assert len(copies) == 12 and set(copies.values()) == {1}
+    assert campaign_row(campaign_id).status == CampaignStatus.SENT
+
+
+def test_no_such_mailbox_at_rcpt_erases_the_address(app, work, smtp):
+    ids = add_subscribers(5)
+    smtp.handler.rcpt_replies[address(ids[2])] = "550 5.1.1 <reader2@example.com> unknown"
+    campaign_id = add_campaign()
+    jobs.tick()
+    work()
+    assert db.session.get(Subscriber, ids[2]) is None and count(Subscriber) == 4
+    campaign = campaign_row(campaign_id)
+    assert (campaign.status, campaign.sent, campaign.failed) == (CampaignStatus.SENT, 4, 1)
+
+
+def test_connection_dropped_before_data_retries_the_reader(app, work, smtp):
+    ids = add_subscribers(20)
+    smtp.handler.drop_at_rcpt.add(address(ids[5]))
+    campaign_id = add_campaign()
+
+    jobs.tick()
+    work()
+
+    copies = copies_per_recipient(smtp)
+    assert len(copies) == 20 and set(copies.values()) == {1}  # reconnected, nobody lost
+    campaign = campaign_row(campaign_id)
+    assert campaign.status == CampaignStatus.SENT
+    assert (campaign.sent, campaign.failed, campaign.unknown) == (20, 0, 0)
