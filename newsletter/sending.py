@@ -31,6 +31,8 @@ from rq import Queue
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from newsletter import jobs, mailing, smtp, subscriptions
 from newsletter.extensions import db, get_queue, get_redis
@@ -600,15 +602,9 @@ class BatchRun(_Sender):
             self._advance(subscriber.id, unknown=1)
         elif outcome is Outcome.DEFERRED:
             # The retry row and the checkpoint commit together: nobody lost, nobody twice.
+            # A lost lease raises inside the block, which rolls the retry row back.
             with db.engine.begin() as transaction:
-                transaction.execute(
-                    insert(deferred).values(
-                        campaign_id=self.campaign_id,
-                        subscriber_id=subscriber.id,
-                        attempts=1,
-                        next_attempt_at=utcnow() + _retry_delay(1),
-                    )
-                )
+                _defer(transaction, self.campaign_id, subscriber.id, utcnow() + _retry_delay(1))
                 self._advance(subscriber.id, connection=transaction)
         elif outcome is Outcome.NO_MAILBOX:
             self._advance(subscriber.id, failed=1)
@@ -623,7 +619,11 @@ class BatchRun(_Sender):
     def _advance(
         self, subscriber_id: int, sent: int = 0, failed: int = 0, unknown: int = 0, connection=None
     ):
-        """Move the checkpoint past ``subscriber_id``: counters and lease in one statement."""
+        """Move the checkpoint past ``subscriber_id``: counters and lease in one statement.
+
+        Raises _Stop when another worker took the lease; inside ``connection``'s transaction
+        that rolls back whatever the transaction wrote with it.
+        """
         result = (connection or self.db).execute(
             self._checkpoint,
             {
@@ -664,6 +664,18 @@ class BatchRun(_Sender):
             )
         )
         self.db.commit()
+
+
+def _defer(connection, campaign_id: int, subscriber_id: int, when) -> None:
+    """Insert a retry row; one that already exists for this reader stays as it is."""
+    dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    connection.execute(
+        dialect_insert(deferred)
+        .values(
+            campaign_id=campaign_id, subscriber_id=subscriber_id, attempts=1, next_attempt_at=when
+        )
+        .on_conflict_do_nothing(index_elements=["campaign_id", "subscriber_id"])
+    )
 
 
 def _retry_delay(attempts: int) -> timedelta:

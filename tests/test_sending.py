@@ -354,6 +354,69 @@ def test_4xx_that_never_clears_counts_as_failed(app, work, smtp):
     assert smtp.to(busy) == [] and count(DeferredDelivery) == 0
 
 
+def test_4xx_after_the_lease_was_lost_leaves_no_retry_row_and_the_new_owner_finishes(
+    app, work, smtp
+):
+    ids = add_subscribers(3)
+    busy = address(ids[1])
+    smtp.handler.replies[busy] = "451 4.3.0 try later"
+    smtp.handler.delay = 0.3
+    campaign_id = add_campaign()
+    sending.start(campaign_id)
+    batch_id = db.session.scalar(select(SendBatch.id))
+
+    def steal_the_lease_while_the_answer_for_reader1_is_awaited():
+        with app.app_context():
+            smtp.wait_for(1)
+            db.session.execute(
+                SendBatch.__table__.update()
+                .where(SendBatch.id == batch_id)
+                .values(lease_owner="another-worker", lease_until=utcnow() - timedelta(seconds=1))
+            )
+            db.session.commit()
+            db.session.remove()
+
+    thief = threading.Thread(target=steal_the_lease_while_the_answer_for_reader1_is_awaited)
+    thief.start()
+    sending.send_batch(batch_id)  # the worker that loses its lease mid-message
+    thief.join()
+
+    assert count(DeferredDelivery) == 0  # rolled back with the failed checkpoint
+    smtp.handler.delay = 0.0
+    work()  # the batch job still queued takes the expired lease and meets the 4xx again
+    [row] = db.session.scalars(select(DeferredDelivery)).all()
+    assert row.subscriber_id == ids[1]
+
+    del smtp.handler.replies[busy]
+    make_due(campaign_id)
+    jobs.tick()
+    work()
+    copies = copies_per_recipient(smtp)
+    assert copies == {address(i): 1 for i in ids}
+    campaign = campaign_row(campaign_id)
+    assert (campaign.status, campaign.sent, campaign.failed) == (CampaignStatus.SENT, 3, 0)
+
+
+def test_4xx_for_a_reader_with_a_retry_row_already_keeps_that_row(app, work, smtp):
+    ids = add_subscribers(3)
+    smtp.handler.replies[address(ids[0])] = "450 4.2.1 try later"
+    campaign_id = add_campaign()
+    sending.start(campaign_id)
+    db.session.add(
+        DeferredDelivery(
+            campaign_id=campaign_id, subscriber_id=ids[0], attempts=2, next_attempt_at=utcnow()
+        )
+    )
+    db.session.commit()
+
+    work()
+
+    [row] = db.session.scalars(select(DeferredDelivery)).all()
+    assert (row.subscriber_id, row.attempts) == (ids[0], 2)
+    assert len(smtp.messages) == 2
+    assert db.session.scalar(select(SendBatch.status)) == BatchStatus.DONE
+
+
 def test_no_such_mailbox_erases_the_address_and_counts_failed(app, work, smtp):
     ids = add_subscribers(12)
     gone = address(ids[4])
