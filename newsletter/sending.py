@@ -609,7 +609,18 @@ class BatchRun(_Sender):
         elif outcome is Outcome.NO_MAILBOX:
             self._advance(subscriber.id, failed=1)
             _erase_undeliverable(subscriber.id)
-        elif outcome in (Outcome.BLOCKED, Outcome.SENDER):
+        elif outcome is Outcome.BLOCKED:
+            # The reader moves to the retries (due at once, tried again after a resume) and
+            # the cursor moves on: a resume must not meet this reader first and stop again.
+            with db.engine.begin() as transaction:
+                _defer(transaction, self.campaign_id, subscriber.id, utcnow())
+                self._advance(subscriber.id, connection=transaction)
+            self.pause(outcome, reply)
+            self.release()
+            raise _Stop(outcome.value)
+        elif outcome is Outcome.SENDER:
+            # Our own address was refused: nothing is wrong with this reader, who is sent
+            # to first when the campaign is resumed.
             self.pause(outcome, reply)
             self.release()
             raise _Stop(outcome.value)
@@ -809,7 +820,14 @@ class DeferredRun(_Sender):
             )
             self.db.commit()
             return
-        if outcome in (Outcome.BLOCKED, Outcome.SENDER):
+        last_try = row.attempts >= current_app.config["SEND_RETRY_ATTEMPTS"]
+        if outcome is Outcome.SENDER or (outcome is Outcome.BLOCKED and not last_try):
+            if outcome is Outcome.BLOCKED:  # a block counts as a try: it ends as failed
+                self.db.execute(
+                    update(deferred)
+                    .where(deferred.c.id == row_id)
+                    .values(attempts=row.attempts + 1, next_attempt_at=utcnow())
+                )
             self.pause(outcome, reply)
             self.stopped()
             raise _Stop(outcome.value)

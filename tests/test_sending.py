@@ -461,9 +461,16 @@ def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(
     assert count(Subscriber) == 35  # nobody is deleted for a policy block
     assert totals(campaign_id)["sent"] == 14
     assert count(SendBatch) == 4  # the bookkeeping stays while paused
+    # The blocked reader waits among the retries; the cursor moved past them.
+    [row] = db.session.scalars(select(DeferredDelivery)).all()
+    assert row.subscriber_id == ids[14]
+    second = select(SendBatch.cursor).where(SendBatch.last_id == ids[19])
+    assert db.session.scalar(second) == ids[14]
 
     del smtp.handler.replies[blocked]
     assert sending.resume(campaign_id)
+    work()
+    jobs.tick()  # the retry of the blocked reader is due at once
     work()
 
     copies = copies_per_recipient(smtp)
@@ -471,6 +478,28 @@ def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(
     campaign = campaign_row(campaign_id)
     assert campaign.status == CampaignStatus.SENT and campaign.sent == 35
     assert count(SendBatch) == 0
+
+
+def test_block_that_never_clears_ends_as_failed_after_the_retries(app, work, smtp):
+    app.config["SEND_RETRY_ATTEMPTS"] = 2
+    ids = add_subscribers(5)
+    blocked = address(ids[1])
+    smtp.handler.replies[blocked] = "550 5.7.1 blocked"
+    campaign_id = add_campaign()
+
+    jobs.tick()
+    work()
+    for _ in range(2):  # a person resumes; the same reader is blocked again
+        assert campaign_row(campaign_id).status == CampaignStatus.PAUSED
+        assert sending.resume(campaign_id)
+        work()
+        jobs.tick()
+        work()
+
+    campaign = campaign_row(campaign_id)
+    assert (campaign.status, campaign.sent, campaign.failed) == (CampaignStatus.SENT, 4, 1)
+    assert smtp.to(blocked) == [] and len(smtp.messages) == 4
+    assert db.session.get(Subscriber, ids[1]) is not None
 
 
 def test_connection_dropped_after_data_counts_unknown_and_resends_nothing(app, work, smtp):
