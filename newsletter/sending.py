@@ -935,11 +935,14 @@ def finish_if_done(campaign_id: int) -> bool:
 
     The totals move to the campaign row and the bookkeeping is deleted in the same
     transaction; the conditional UPDATE lets exactly one of several callers do it.
+    ``finished_at IS NULL`` is that guard: on PostgreSQL a caller that waited for the
+    row lock re-checks only the row, while its sums still see the deleted batches.
     """
     now = utcnow()
     result = _totals_into_campaign(
         campaign_id,
         campaigns.c.status == CampaignStatus.SENDING,
+        campaigns.c.finished_at.is_(None),
         ~exists().where(batches.c.campaign_id == campaign_id, batches.c.status != BatchStatus.DONE),
         ~exists().where(deferred.c.campaign_id == campaign_id),
         status=CampaignStatus.SENT,
@@ -958,7 +961,8 @@ def settle_cancelled(campaign_id: int) -> bool:
     """Keep the totals of a cancelled campaign and delete its bookkeeping.
 
     Waits while a batch still holds a live lease: that run stops within a second or so
-    and its last checkpoint should count.
+    and its last checkpoint should count. The status stays cancelled, so only
+    ``finished_at IS NULL`` keeps a second, concurrent caller from adding the sums again.
     """
     now = utcnow()
     live = and_(
@@ -969,6 +973,7 @@ def settle_cancelled(campaign_id: int) -> bool:
     result = _totals_into_campaign(
         campaign_id,
         campaigns.c.status == CampaignStatus.CANCELLED,
+        campaigns.c.finished_at.is_(None),
         ~exists().where(live),
         finished_at=now,
     )

@@ -7,10 +7,11 @@ Redis and database; test_send_faults.py kills and races real worker processes.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from newsletter import consent, jobs, sending, subscriptions
 from newsletter.extensions import db, get_queue, get_redis
@@ -589,6 +590,52 @@ def test_cancelled_campaign_keeps_its_totals_and_drops_the_bookkeeping(app, work
     assert (campaign.sent, campaign.recipients) == (10, 25)
     assert len(smtp.messages) == 10
     assert count(SendBatch) == 0 and count(DeferredDelivery) == 0
+
+
+def test_concurrent_settling_of_a_cancelled_campaign_counts_once(app, smtp):
+    """Two ticks settle at once; the second waited for the row lock (PostgreSQL)."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs one writer at a time; the race needs row locks")
+    add_subscribers(25)
+    campaign_id = add_campaign()
+    sending.start(campaign_id)
+    first = get_queue("send").job_ids[0]
+    get_queue("send").empty()
+    sending.send_batch(int(first.split("-")[1]))
+    campaign = campaign_row(campaign_id)
+    campaign.status = CampaignStatus.CANCELLED
+    db.session.commit()
+
+    results = []
+
+    def settle():
+        with app.app_context():
+            results.append(sending.settle_cancelled(campaign_id))
+            db.session.remove()
+
+    with db.engine.connect() as locker:
+        locker.execute(
+            select(Campaign.id).where(Campaign.id == campaign_id).with_for_update()
+        )
+        threads = [threading.Thread(target=settle) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        deadline = time.monotonic() + 10
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
+            while watcher.execute(waiting).scalar() < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        locker.rollback()  # both UPDATEs started with the batches in their snapshot
+    for thread in threads:
+        thread.join()
+
+    assert sorted(results) == [False, True]
+    campaign = campaign_row(campaign_id)
+    assert (campaign.sent, campaign.recipients) == (10, 25)
+    assert count(SendBatch) == 0
 
 
 @pytest.mark.parametrize(
