@@ -759,6 +759,7 @@ class DeferredRun(_Sender):
     def __init__(self, campaign_id: int) -> None:
         super().__init__(campaign_id)
         self.row_id: int | None = None
+        self.lease_until = None  # the row's lease_until as this run set it: the lease token
 
     def send_next(self) -> bool:
         """Claim and send one due deferred message; return False when none is left."""
@@ -776,21 +777,37 @@ class DeferredRun(_Sender):
         ).all()
         self.db.rollback()
         for row_id in candidates:
+            until = _lease_until()
             claimed = self.db.execute(
                 update(deferred)
                 .where(
                     deferred.c.id == row_id,
                     or_(deferred.c.lease_until.is_(None), deferred.c.lease_until < now),
                 )
-                .values(lease_until=_lease_until())
+                .values(lease_until=until)
             )
             self.db.commit()
             if claimed.rowcount == 1:
-                self.row_id = row_id
+                self.row_id, self.lease_until = row_id, until
                 self._send(row_id)
-                self.row_id = None
+                self.row_id = self.lease_until = None
                 return True
         return False
+
+    def _ours(self):
+        """The WHERE clause of a write to the claimed row: only while this run holds it."""
+        return and_(deferred.c.id == self.row_id, deferred.c.lease_until == self.lease_until)
+
+    def renew(self) -> None:
+        if self.row_id is None:
+            return
+        until = _lease_until()
+        result = self.db.execute(update(deferred).where(self._ours()).values(lease_until=until))
+        self.db.commit()
+        if result.rowcount != 1:
+            self.row_id = None  # nothing of it is ours to give back
+            raise _Stop("lease lost to another run")
+        self.lease_until = until
 
     def _send(self, row_id: int) -> None:
         row = self.db.execute(
@@ -811,7 +828,7 @@ class DeferredRun(_Sender):
         if outcome is Outcome.DEFERRED and row.attempts < current_app.config["SEND_RETRY_ATTEMPTS"]:
             self.db.execute(
                 update(deferred)
-                .where(deferred.c.id == row_id)
+                .where(self._ours())
                 .values(
                     attempts=row.attempts + 1,
                     next_attempt_at=utcnow() + _retry_delay(row.attempts + 1),
@@ -825,7 +842,7 @@ class DeferredRun(_Sender):
             if outcome is Outcome.BLOCKED:  # a block counts as a try: it ends as failed
                 self.db.execute(
                     update(deferred)
-                    .where(deferred.c.id == row_id)
+                    .where(self._ours())
                     .values(attempts=row.attempts + 1, next_attempt_at=utcnow())
                 )
             self.pause(outcome, reply)
@@ -836,20 +853,21 @@ class DeferredRun(_Sender):
             Outcome.UNKNOWN: campaigns.c.unknown,
         }.get(outcome, campaigns.c.failed)
         with db.engine.begin() as transaction:
-            transaction.execute(delete(deferred).where(deferred.c.id == row_id))
-            transaction.execute(
-                update(campaigns)
-                .where(campaigns.c.id == self.campaign_id)
-                .values({counter: counter + 1})
-            )
-        if outcome is Outcome.NO_MAILBOX:
+            # Counted only by the run that still held the row: one whose lease ran out
+            # while the server answered must not count what the next run counts again.
+            ours = transaction.execute(delete(deferred).where(self._ours())).rowcount == 1
+            if ours:
+                transaction.execute(
+                    update(campaigns)
+                    .where(campaigns.c.id == self.campaign_id)
+                    .values({counter: counter + 1})
+                )
+        if ours and outcome is Outcome.NO_MAILBOX:
             _erase_undeliverable(row.id)
 
     def stopped(self) -> None:
         if self.row_id is not None:
-            self.db.execute(
-                update(deferred).where(deferred.c.id == self.row_id).values(lease_until=None)
-            )
+            self.db.execute(update(deferred).where(self._ours()).values(lease_until=None))
             self.db.commit()
 
 

@@ -51,6 +51,7 @@ class CaptureHandler:
         self.mail_reply: str | None = None  # reply to every MAIL FROM, e.g. "553 5.1.8 ..."
         self.drop_at_rcpt: set[str] = set()  # close the connection at RCPT TO, once each
         self.delay = 0.0
+        self.receiving = threading.Event()  # set when a DATA arrives, before ``delay``
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if self.mail_reply:
@@ -74,6 +75,7 @@ class CaptureHandler:
 
     async def handle_DATA(self, server, session, envelope):
         recipient = envelope.rcpt_tos[0].lower()
+        self.receiving.set()
         if self.delay:
             import asyncio
 
@@ -119,6 +121,7 @@ class SmtpServer:
         self.handler.mail_reply = None
         self.handler.drop_at_rcpt.clear()
         self.handler.delay = 0.0
+        self.handler.receiving.clear()
 
     @property
     def messages(self) -> list[Received]:

@@ -418,6 +418,44 @@ def test_4xx_for_a_reader_with_a_retry_row_already_keeps_that_row(app, work, smt
     assert db.session.scalar(select(SendBatch.status)) == BatchStatus.DONE
 
 
+def test_retry_that_lost_its_lease_mid_message_counts_nothing(app, work, smtp):
+    ids = add_subscribers(3)
+    busy = address(ids[1])
+    smtp.handler.replies[busy] = "451 4.3.0 try later"
+    campaign_id = add_campaign()
+    jobs.tick()
+    work()
+    del smtp.handler.replies[busy]
+    make_due(campaign_id)
+    smtp.handler.delay = 0.3
+    smtp.handler.receiving.clear()
+    row_id = db.session.scalar(select(DeferredDelivery.id))
+
+    def another_run_takes_over_and_finishes_first():
+        """The slow run's lease ran out; a second run sent and counted the message."""
+        with app.app_context():
+            assert smtp.handler.receiving.wait(10)  # the slow run's message is under way
+            db.session.execute(
+                DeferredDelivery.__table__.delete().where(DeferredDelivery.id == row_id)
+            )
+            db.session.execute(
+                Campaign.__table__.update()
+                .where(Campaign.id == campaign_id)
+                .values(sent=Campaign.sent + 1)
+            )
+            db.session.commit()
+            db.session.remove()
+
+    other = threading.Thread(target=another_run_takes_over_and_finishes_first)
+    other.start()
+    sending.send_deferred(campaign_id)  # the slow run: its answer arrives after that
+    other.join()
+
+    assert len(smtp.to(busy)) == 1
+    campaign = campaign_row(campaign_id)
+    assert (campaign.status, campaign.sent, campaign.failed) == (CampaignStatus.SENT, 3, 0)
+
+
 def test_no_such_mailbox_erases_the_address_and_counts_failed(app, work, smtp):
     ids = add_subscribers(12)
     gone = address(ids[4])
