@@ -545,7 +545,9 @@ class BatchRun(_Sender):
             .order_by(subscribers.c.id)
             .limit(PAGE_SIZE)
         )
-        self._still_there = select(subscribers.c.id).where(subscribers.c.id == bindparam("sid"))
+        self._fresh = select(subscribers.c.id, subscribers.c.email, subscribers.c.token_key).where(
+            subscribers.c.id == bindparam("sid")
+        )
 
     def send(self) -> None:
         try:
@@ -586,15 +588,16 @@ class BatchRun(_Sender):
                 self._send_one(subscriber)
 
     def _send_one(self, subscriber) -> None:
-        # Re-read right before sending: who unsubscribed a moment ago gets nothing more.
-        if self.db.execute(self._still_there, {"sid": subscriber.id}).first() is None:
-            self.db.rollback()
+        # Re-read right before sending, after waiting for a rate slot: who unsubscribed a
+        # moment ago gets nothing more, and a changed address is the one written to.
+        self.wait_for_rate()
+        fresh = self.db.execute(self._fresh, {"sid": subscriber.id}).first()
+        if fresh is None:
             self._advance(subscriber.id)
             return
         mail = self.template.render(
-            subscriber.email, {"unsubscribe_url": subscriptions.unsubscribe_url(subscriber)}
+            fresh.email, {"unsubscribe_url": subscriptions.unsubscribe_url(fresh)}
         )
-        self.wait_for_rate()
         outcome, reply = self.deliver(mail)
         if outcome is Outcome.SENT:
             self._advance(subscriber.id, sent=1)
@@ -810,6 +813,7 @@ class DeferredRun(_Sender):
         self.lease_until = until
 
     def _send(self, row_id: int) -> None:
+        self.wait_for_rate()  # first: then the read below is as fresh as it can be
         row = self.db.execute(
             select(
                 deferred.c.attempts, subscribers.c.id, subscribers.c.email, subscribers.c.token_key
@@ -823,7 +827,6 @@ class DeferredRun(_Sender):
         mail = self.template.render(
             row.email, {"unsubscribe_url": subscriptions.unsubscribe_url(row)}
         )
-        self.wait_for_rate()
         outcome, reply = self.deliver(mail)
         if outcome is Outcome.DEFERRED and row.attempts < current_app.config["SEND_RETRY_ATTEMPTS"]:
             self.db.execute(

@@ -594,6 +594,36 @@ def test_subscriber_erased_before_their_turn_gets_nothing(app, work, smtp):
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
 
 
+def test_reader_who_leaves_or_moves_while_the_batch_waits_for_the_rate_is_honoured(
+    app, work, smtp
+):
+    app.config["SEND_RATE"] = 1
+    ids = add_subscribers(2)
+    campaign_id = add_campaign()
+    sending.start(campaign_id)
+    get_queue("send").empty()
+    batch_id = db.session.scalar(select(SendBatch.id))
+    now = int(time.time())
+    for slot in range(now, now + 3):  # other workers used this second and the next two
+        get_redis().set(f"nl:send-rate:{slot}", 1, ex=10)
+
+    def while_the_batch_waits():
+        with app.app_context():
+            time.sleep(0.5)
+            subscriptions.erase(db.session.get(Subscriber, ids[0]), "unsubscribe")
+            db.session.get(Subscriber, ids[1]).email = "moved@example.com"
+            db.session.commit()
+            db.session.remove()
+
+    other = threading.Thread(target=while_the_batch_waits)
+    other.start()
+    sending.send_batch(batch_id)
+    other.join()
+
+    assert list(copies_per_recipient(smtp)) == ["moved@example.com"]
+    assert campaign_row(campaign_id).status == CampaignStatus.SENT
+
+
 def test_deferred_bookkeeping_goes_with_its_subscriber(app, work, smtp):
     ids = add_subscribers(3)
     smtp.handler.replies[address(ids[2])] = "452 4.2.2 mailbox full"
