@@ -92,6 +92,15 @@ def classify(code: int, message: bytes | str, stage: str = "rcpt") -> Outcome:
     return Outcome.FAILED
 
 
+_BRACKETED_ADDRESS = re.compile(r"<[^<>\s]*@[^<>\s]*>?")
+_BARE_ADDRESS = re.compile(r"[^\s<>()\[\],;:]*@[^\s<>()\[\],;:]*")
+
+
+def redact(reply: str) -> str:
+    """Replace what looks like an address in an SMTP reply: it goes to status_reason."""
+    return _BARE_ADDRESS.sub("[address]", _BRACKETED_ADDRESS.sub("<address>", reply))
+
+
 class _Stop(Exception):
     """The batch must stop now (paused, cancelled, lost its lease, server gone)."""
 
@@ -448,7 +457,7 @@ class _Sender:
             finally:
                 self.last_used = time.monotonic()
             text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-            return classify(code, message, stage), f"{code} {text}"[:200]
+            return classify(code, message, stage), redact(f"{code} {text}")[:200]
         return Outcome.DEFERRED, "connection dropped before the message was complete"
 
     # -- pacing and status

@@ -541,6 +541,34 @@ def test_block_that_never_clears_ends_as_failed_after_the_retries(app, work, smt
     assert db.session.get(Subscriber, ids[1]) is not None
 
 
+def test_pause_reason_keeps_no_address_the_server_quoted(app, work, smtp):
+    ids = add_subscribers(3)
+    blocked = address(ids[1])
+    reply = f"550 5.7.1 <{blocked}>: blocked, ask postmaster@example.net"
+    smtp.handler.rcpt_replies[blocked] = reply
+    campaign_id = add_campaign()
+    jobs.tick()
+    work()
+    reason = campaign_row(campaign_id).status_reason
+    assert "5.7.1 <address>: blocked, ask [address]" in reason
+    assert "@" not in reason and "reader1" not in reason
+
+
+@pytest.mark.parametrize(
+    ("reply", "redacted"),
+    [
+        ("550 5.1.1 <Reader.One+x@Example.COM>: unknown", "550 5.1.1 <address>: unknown"),
+        ("550 5.7.1 me@example.com (a@b.org) off", "550 5.7.1 [address] ([address]) off"),
+        ('550 5.7.1 "odd local"@x.org', '550 5.7.1 "odd [address]'),
+        ("550 5.7.1 <reader@exam", "550 5.7.1 <address>"),  # cut off by the length limit
+        ("553 5.1.8 <>: empty sender", "553 5.1.8 <>: empty sender"),
+    ],
+)
+def test_redact_replaces_anything_like_an_address(reply, redacted):
+    assert sending.redact(reply) == redacted
+    assert "@" not in sending.redact(reply)
+
+
 def test_connection_dropped_after_data_counts_unknown_and_resends_nothing(app, work, smtp):
     ids = add_subscribers(20)
     smtp.handler.drop_after_data.add(address(ids[5]))
