@@ -23,6 +23,7 @@ import re
 import secrets
 import smtplib
 import socket
+import ssl
 import time
 from datetime import timedelta
 
@@ -405,9 +406,17 @@ class _Sender:
     # -- the connection
 
     def open(self) -> None:
+        """Connect; a refused login or failed TLS pauses the campaign (retrying won't help)."""
         try:
             self.conn = smtp.connect()
             self.conn.host = self.conn.configure_host()
+        except _SETUP_ERRORS as exc:
+            self.conn = None
+            if isinstance(exc, ssl.SSLEOFError):  # cut off mid-handshake: the network
+                raise _ConnectFailed(type(exc).__name__) from None
+            self._pause(_SETUP_REASON.format(error=type(exc).__name__), "SMTP setup failed")
+            self.stopped()
+            raise _Stop("SMTP setup failed") from None
         except (OSError, smtplib.SMTPException) as exc:
             self.conn = None
             raise _ConnectFailed(type(exc).__name__) from None
@@ -430,6 +439,21 @@ class _Sender:
         if not healthy:
             self.close()
             self.open()
+
+    def render_and_deliver(self, subscriber) -> tuple[Outcome, str]:
+        """Render the reader's copy and deliver it; an address SMTP cannot carry fails.
+
+        Such an address (say a non-ASCII local part, without SMTPUTF8) fails the same way
+        on every try: counted as failed, it no longer stops the batch again and again.
+        """
+        try:
+            mail = self.template.render(
+                subscriber.email, {"unsubscribe_url": subscriptions.unsubscribe_url(subscriber)}
+            )
+        except ValueError:
+            log.warning("subscriber %s: address cannot be sent to; counted failed", subscriber.id)
+            return Outcome.FAILED, "address cannot be sent to"
+        return self.deliver(mail)
 
     def deliver(self, mail: mailing.OutgoingMail) -> tuple[Outcome, str]:
         """Hand one message to the server and sort its answer.
@@ -454,6 +478,11 @@ class _Sender:
                 (code, message), stage = next(iter(exc.recipients.values())), "rcpt"
             except smtplib.SMTPResponseException as exc:
                 code, message, stage = exc.smtp_code, exc.smtp_error, "data"
+            except ValueError:
+                # smtplib could not encode the envelope (non-ASCII): mid-transaction, so
+                # the connection goes; the address fails the same way every time.
+                self.close()
+                return Outcome.FAILED, "address cannot be sent to"
             finally:
                 self.last_used = time.monotonic()
             text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
@@ -504,15 +533,24 @@ class _Sender:
 
     def pause(self, outcome: Outcome, reply: str) -> None:
         """A policy block or a refused sender address: pause for a person to look at."""
-        reason = _PAUSE_REASONS[outcome].format(reply=reply)
+        self._pause(_PAUSE_REASONS[outcome].format(reply=reply), outcome.value)
+
+    def _pause(self, reason: str, label: str) -> None:
         self.db.execute(
             update(campaigns)
             .where(campaigns.c.id == self.campaign_id, campaigns.c.status == CampaignStatus.SENDING)
             .values(status=CampaignStatus.PAUSED, status_reason=reason[:500], updated_at=utcnow())
         )
         self.db.commit()
-        log.warning("campaign %s paused: %s", self.campaign_id, outcome.value)
+        log.warning("campaign %s paused: %s", self.campaign_id, label)
 
+
+# TLS that failed or was not offered, a login refused or not offered: the setup is wrong.
+_SETUP_ERRORS = (ssl.SSLError, smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError)
+_SETUP_REASON = (
+    "Could not secure or log in to the connection to the mail server ({error}). Check "
+    "MAIL_USE_TLS, MAIL_USE_SSL, MAIL_USERNAME and MAIL_PASSWORD, then resume."
+)
 
 _PAUSE_REASONS = {
     Outcome.BLOCKED: (
@@ -565,6 +603,9 @@ class BatchRun(_Sender):
             self.release(delay=self.lease)
             log.warning("batch %s: SMTP server unreachable (%s); retry later", self.batch_id, exc)
             return
+        except _Stop as exc:
+            log.info("batch %s stopped: %s", self.batch_id, exc)
+            return
         try:
             self._send_pages()
         except _ConnectFailed as exc:
@@ -604,10 +645,7 @@ class BatchRun(_Sender):
         if fresh is None:
             self._advance(subscriber.id)
             return
-        mail = self.template.render(
-            fresh.email, {"unsubscribe_url": subscriptions.unsubscribe_url(fresh)}
-        )
-        outcome, reply = self.deliver(mail)
+        outcome, reply = self.render_and_deliver(fresh)
         if outcome is Outcome.SENT:
             self._advance(subscriber.id, sent=1)
         elif outcome is Outcome.UNKNOWN:
@@ -833,10 +871,7 @@ class DeferredRun(_Sender):
         self.db.rollback()
         if row is None:
             return  # the subscriber left; the row went with them
-        mail = self.template.render(
-            row.email, {"unsubscribe_url": subscriptions.unsubscribe_url(row)}
-        )
-        outcome, reply = self.deliver(mail)
+        outcome, reply = self.render_and_deliver(row)
         if outcome is Outcome.DEFERRED and row.attempts < current_app.config["SEND_RETRY_ATTEMPTS"]:
             self.db.execute(
                 update(deferred)

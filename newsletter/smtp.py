@@ -36,10 +36,14 @@ class SmtpConnection(Connection):
         else:
             host = smtplib.SMTP(self.mail.server, self.mail.port, timeout=timeout)
         host.set_debuglevel(int(self.mail.debug))
-        if self.mail.use_tls:
-            host.starttls(context=context)
-        if self.mail.username and self.mail.password:
-            host.login(self.mail.username, self.mail.password)
+        try:
+            if self.mail.use_tls:
+                host.starttls(context=context)
+            if self.mail.username and self.mail.password:
+                host.login(self.mail.username, self.mail.password)
+        except BaseException:
+            host.close()  # no socket left behind for the garbage collector to find
+            raise
         return host
 
     def __exit__(self, exc_type, exc_value, tb) -> None:

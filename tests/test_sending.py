@@ -609,6 +609,52 @@ def test_unreachable_smtp_server_hands_the_batch_back_for_later(app, work, smtp)
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
 
 
+@pytest.mark.parametrize(
+    "setup",
+    [{"use_tls": True}, {"username": "news", "password": "secret"}],
+    ids=["starttls-not-offered", "auth-not-offered"],
+)
+def test_failed_tls_or_login_pauses_the_campaign_with_a_reason(app, work, smtp, setup):
+    add_subscribers(5)
+    campaign_id = add_campaign()
+    mail_state = app.extensions["mail"]
+    saved = {name: getattr(mail_state, name) for name in setup}
+    for name, value in setup.items():
+        setattr(mail_state, name, value)
+    try:
+        jobs.tick()
+        work()
+        campaign = campaign_row(campaign_id)
+        assert campaign.status == CampaignStatus.PAUSED
+        assert "SMTPNotSupportedError" in campaign.status_reason
+        assert "MAIL_USE_TLS" in campaign.status_reason
+        assert db.session.scalar(select(SendBatch.status)) == BatchStatus.QUEUED
+        assert smtp.messages == []
+    finally:
+        for name, value in saved.items():
+            setattr(mail_state, name, value)
+
+    assert sending.resume(campaign_id)
+    work()
+    assert len(smtp.messages) == 5
+    assert campaign_row(campaign_id).status == CampaignStatus.SENT
+
+
+def test_address_smtp_cannot_carry_counts_failed_and_the_batch_goes_on(app, work, smtp):
+    ids = add_subscribers(3)
+    db.session.get(Subscriber, ids[1]).email = "jörg@example.com"  # needs SMTPUTF8
+    db.session.commit()
+    campaign_id = add_campaign()
+
+    jobs.tick()
+    work()
+
+    campaign = campaign_row(campaign_id)
+    assert (campaign.status, campaign.sent, campaign.failed) == (CampaignStatus.SENT, 2, 1)
+    assert db.session.get(Subscriber, ids[1]) is not None
+    assert len(smtp.messages) == 2
+
+
 def test_subscriber_erased_before_their_turn_gets_nothing(app, work, smtp):
     ids = add_subscribers(10)
     campaign_id = add_campaign()
