@@ -745,7 +745,7 @@ def _retry_delay(attempts: int) -> timedelta:
 
 
 def _erase_undeliverable(subscriber_id: int) -> None:
-    """A 5.1.x answer: the address does not exist, so we stop holding it."""
+    """A 5.1.1/5.1.10 answer about the recipient: the address does not exist; let it go."""
     subscriber = db.session.get(Subscriber, subscriber_id)
     if subscriber is not None:
         subscriptions.erase(subscriber, "undeliverable")
