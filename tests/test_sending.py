@@ -456,6 +456,45 @@ def test_retry_that_lost_its_lease_mid_message_counts_nothing(app, work, smtp):
     assert (campaign.status, campaign.sent, campaign.failed) == (CampaignStatus.SENT, 3, 0)
 
 
+def test_retry_waiting_for_the_rate_keeps_renewing_its_lease(app, work, smtp):
+    ids = add_subscribers(3)
+    busy = address(ids[1])
+    smtp.handler.replies[busy] = "451 4.3.0 try later"
+    campaign_id = add_campaign()
+    jobs.tick()
+    work()
+    del smtp.handler.replies[busy]
+    make_due(campaign_id)
+    row_id = db.session.scalar(select(DeferredDelivery.id))
+    app.config["SEND_RATE"] = 1
+    now = int(time.time())
+    for slot in range(now, now + 4):  # the retry waits about four seconds for a slot
+        get_redis().set(f"nl:send-rate:{slot}", 1, ex=10)
+    taken = []
+
+    def another_run_tries_to_claim_after_the_first_lease_ran_out():
+        with app.app_context():
+            time.sleep(app.config["SEND_LEASE"] + 0.5)
+            result = db.session.execute(
+                DeferredDelivery.__table__.update()
+                .where(DeferredDelivery.id == row_id, DeferredDelivery.lease_until < utcnow())
+                .values(lease_until=utcnow() + timedelta(seconds=60))
+            )
+            taken.append(result.rowcount)
+            db.session.commit()
+            db.session.remove()
+
+    other = threading.Thread(target=another_run_tries_to_claim_after_the_first_lease_ran_out)
+    other.start()
+    sending.send_deferred(campaign_id)
+    other.join()
+
+    assert taken == [0]
+    assert len(smtp.to(busy)) == 1
+    campaign = campaign_row(campaign_id)
+    assert (campaign.status, campaign.sent) == (CampaignStatus.SENT, 3)
+
+
 def test_no_such_mailbox_erases_the_address_and_counts_failed(app, work, smtp):
     ids = add_subscribers(12)
     gone = address(ids[4])
