@@ -412,7 +412,8 @@ class _Sender:
             self.conn.host = self.conn.configure_host()
         except _SETUP_ERRORS as exc:
             self.conn = None
-            if isinstance(exc, ssl.SSLEOFError):  # cut off mid-handshake: the network
+            # Cut off mid-handshake, or "454 try again later": that may pass by itself.
+            if isinstance(exc, ssl.SSLEOFError) or getattr(exc, "smtp_code", 500) < 500:
                 raise _ConnectFailed(type(exc).__name__) from None
             self._pause(_SETUP_REASON.format(error=type(exc).__name__), "SMTP setup failed")
             self.stopped()

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 
 @dataclass
@@ -52,6 +53,10 @@ class CaptureHandler:
         self.drop_at_rcpt: set[str] = set()  # close the connection at RCPT TO, once each
         self.delay = 0.0
         self.receiving = threading.Event()  # set when a DATA arrives, before ``delay``
+        self.accept_login = True  # AUTH is offered without TLS; False refuses it (535)
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        return AuthResult(success=self.accept_login, handled=False)
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if self.mail_reply:
@@ -104,7 +109,13 @@ class SmtpServer:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.handler = CaptureHandler()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            auth_require_tls=False,
+            authenticator=self.handler.authenticate,
+        )
 
     def start(self) -> None:
         self.controller.start()
@@ -122,6 +133,7 @@ class SmtpServer:
         self.handler.drop_at_rcpt.clear()
         self.handler.delay = 0.0
         self.handler.receiving.clear()
+        self.handler.accept_login = True
 
     @property
     def messages(self) -> list[Received]:

@@ -649,13 +649,17 @@ def test_unreachable_smtp_server_hands_the_batch_back_for_later(app, work, smtp)
 
 
 @pytest.mark.parametrize(
-    "setup",
-    [{"use_tls": True}, {"username": "news", "password": "secret"}],
-    ids=["starttls-not-offered", "auth-not-offered"],
+    ("setup", "error"),
+    [
+        ({"use_tls": True}, "SMTPNotSupportedError"),
+        ({"username": "news", "password": "wrong"}, "SMTPAuthenticationError"),
+    ],
+    ids=["starttls-not-offered", "login-refused"],
 )
-def test_failed_tls_or_login_pauses_the_campaign_with_a_reason(app, work, smtp, setup):
+def test_failed_tls_or_login_pauses_the_campaign_with_a_reason(app, work, smtp, setup, error):
     add_subscribers(5)
     campaign_id = add_campaign()
+    smtp.handler.accept_login = False
     mail_state = app.extensions["mail"]
     saved = {name: getattr(mail_state, name) for name in setup}
     for name, value in setup.items():
@@ -665,7 +669,7 @@ def test_failed_tls_or_login_pauses_the_campaign_with_a_reason(app, work, smtp, 
         work()
         campaign = campaign_row(campaign_id)
         assert campaign.status == CampaignStatus.PAUSED
-        assert "SMTPNotSupportedError" in campaign.status_reason
+        assert error in campaign.status_reason
         assert "MAIL_USE_TLS" in campaign.status_reason
         assert db.session.scalar(select(SendBatch.status)) == BatchStatus.QUEUED
         assert smtp.messages == []
