@@ -711,9 +711,7 @@ def test_subscriber_erased_before_their_turn_gets_nothing(app, work, smtp):
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
 
 
-def test_reader_who_leaves_or_moves_while_the_batch_waits_for_the_rate_is_honoured(
-    app, work, smtp
-):
+def test_reader_who_leaves_or_moves_while_the_batch_waits_for_the_rate_is_honoured(app, work, smtp):
     app.config["SEND_RATE"] = 1
     ids = add_subscribers(2)
     campaign_id = add_campaign()
@@ -799,9 +797,7 @@ def test_concurrent_settling_of_a_cancelled_campaign_counts_once(app, smtp):
             db.session.remove()
 
     with db.engine.connect() as locker:
-        locker.execute(
-            select(Campaign.id).where(Campaign.id == campaign_id).with_for_update()
-        )
+        locker.execute(select(Campaign.id).where(Campaign.id == campaign_id).with_for_update())
         threads = [threading.Thread(target=settle) for _ in range(2)]
         for thread in threads:
             thread.start()
