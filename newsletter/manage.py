@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import limits
@@ -96,25 +97,31 @@ def _manage_page(subscriber, token: str, error: str | None = None, email: str = 
     )
 
 
+def with_subscriber(view):
+    """Resolve a manage link to its subscriber; bad, expired and spent links get their pages."""
+
+    @functools.wraps(view)
+    def wrapper(token: str):
+        try:
+            subscriber = subscriptions.subscriber_for_manage_token(token)
+        except (tokens.InvalidToken, tokens.ExpiredToken) as exc:
+            return _link_error(exc)
+        if subscriber is None:
+            return _gone()
+        return view(subscriber, token)
+
+    return wrapper
+
+
 @bp.get("/manage/<token>")
-def manage(token: str):
-    try:
-        subscriber = subscriptions.subscriber_for_manage_token(token)
-    except (tokens.InvalidToken, tokens.ExpiredToken) as exc:
-        return _link_error(exc)
-    if subscriber is None:
-        return _gone()
+@with_subscriber
+def manage(subscriber, token: str):
     return _manage_page(subscriber, token)
 
 
 @bp.get("/manage/<token>/export")
-def export(token: str):
-    try:
-        subscriber = subscriptions.subscriber_for_manage_token(token)
-    except (tokens.InvalidToken, tokens.ExpiredToken) as exc:
-        return _link_error(exc)
-    if subscriber is None:
-        return _gone()
+@with_subscriber
+def export(subscriber, token: str):
     data = subscriptions.export_data(subscriber)
     subscriptions.record_export()
     return Response(
@@ -125,13 +132,8 @@ def export(token: str):
 
 
 @bp.post("/manage/<token>/email")
-def change_email(token: str):
-    try:
-        subscriber = subscriptions.subscriber_for_manage_token(token)
-    except (tokens.InvalidToken, tokens.ExpiredToken) as exc:
-        return _link_error(exc)
-    if subscriber is None:
-        return _gone()
+@with_subscriber
+def change_email(subscriber, token: str):
     email = request.form.get("email", "")
     try:
         subscriptions.request_address_change(subscriber, email)
