@@ -600,14 +600,6 @@ class BatchRun(_Sender):
     def send(self) -> None:
         try:
             self.open()
-        except _ConnectFailed as exc:
-            self.release(delay=self.lease)
-            log.warning("batch %s: SMTP server unreachable (%s); retry later", self.batch_id, exc)
-            return
-        except _Stop as exc:
-            log.info("batch %s stopped: %s", self.batch_id, exc)
-            return
-        try:
             self._send_pages()
         except _ConnectFailed as exc:
             self.release(delay=self.lease)
