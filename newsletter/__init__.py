@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def create_app(test_config: dict | None = None, environ: dict | None = None) -> Flask:
     """Create the app from the environment (or ``environ``), then apply ``test_config``."""
     from newsletter import config as config_module
-    from newsletter import embedded_redis
+    from newsletter import embedded_redis, logs
     from newsletter.extensions import (
         csrf,
         db,
@@ -62,7 +62,7 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    _quiet_access_log()
+    logs.install()  # before anything can log: addresses and link tokens never reach a log
 
     if app.config["PROXY_COUNT"]:
         # Behind a TLS proxy: take the client IP (rate limits) and scheme from its headers.
@@ -94,13 +94,6 @@ def _environ() -> dict:
     import os
 
     return dict(os.environ)
-
-
-def _quiet_access_log() -> None:
-    """Werkzeug's access log prints request paths, and token paths are secrets."""
-    from newsletter.logs import RedactTokens
-
-    logging.getLogger("werkzeug").addFilter(RedactTokens())
 
 
 @event.listens_for(Engine, "connect")

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import os
 import re
+from email.header import Header
 from pathlib import Path
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import idna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 DEV_SECRET_KEY = "dev-only-insecure-secret-key"
+MIN_SECRET_KEY_LENGTH = 32
 
 
 class ConfigError(Exception):
@@ -99,10 +103,48 @@ def _check_redis(url: str) -> None:
         raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
 
 
+def _idna_host(name: str, host: str) -> str:
+    """Return ``host`` in its ASCII (IDNA 2008) form, as links and Message-IDs need it."""
+    if host.isascii():
+        return host.lower()
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ConfigError(f"{name}: the host {host!r} is not a valid domain name ({exc})") from None
+
+
 def _check_public_url(url: str) -> str:
-    if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", url):
+    """Check PUBLIC_URL and return it in ASCII: an IDN host in IDNA, a path percent-encoded.
+
+    Every link in every mail is built from it; a non-ASCII URL would make each message
+    unsendable, so it is converted here, once, or refused with one clear line.
+    """
+    match = re.match(r"^(https?)://([^\s/?#@]+)(/[^\s?#]*)?$", url)
+    if not match:
         raise ConfigError(f"PUBLIC_URL must be an http(s) URL without query, not {url!r}")
-    return url.rstrip("/")
+    scheme, netloc, path = match.group(1), match.group(2), match.group(3) or ""
+    host, colon, port = netloc.rpartition(":") if netloc.count(":") == 1 else (netloc, "", "")
+    if colon and not port.isdigit():
+        raise ConfigError(f"PUBLIC_URL has a bad port: {url!r}")
+    ascii_netloc = _idna_host("PUBLIC_URL", host) + (f":{port}" if colon else "")
+    return f"{scheme}://{ascii_netloc}{quote(path, safe='/%:@!$&()*+,;=~-._')}".rstrip("/")
+
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = re.compile(rf"^{_ATEXT}(\.{_ATEXT})+$")
+
+
+def _check_list_id(value: str) -> str:
+    """Return LIST_ID ready for the wire: ``Description <label.domain>`` in ASCII (RFC 2919)."""
+    match = re.match(r"^\s*(.*?)\s*<([^<>\s]+)>\s*$", value)
+    if not match or "\r" in value or "\n" in value:
+        raise ConfigError(f"LIST_ID must look like 'Our News <news.example.com>', not {value!r}")
+    phrase, list_id = match.group(1), _idna_host("LIST_ID", match.group(2))
+    if not _DOT_ATOM.match(list_id):
+        raise ConfigError(f"LIST_ID: {match.group(2)!r} is not an identifier like news.example.com")
+    if not phrase.isascii():
+        phrase = Header(phrase, "utf-8").encode()
+    return f"{phrase} <{list_id}>" if phrase else f"<{list_id}>"
 
 
 def process_environ() -> dict[str, str]:
@@ -126,8 +168,11 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
                 "output of: python -c 'import secrets; print(secrets.token_hex(32))'"
             )
         secret_key = DEV_SECRET_KEY
-    elif production and len(secret_key) < 16:
-        raise ConfigError("SECRET_KEY is too short; use at least 32 random characters")
+    elif production and len(secret_key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError(
+            f"SECRET_KEY is too short ({len(secret_key)} characters); "
+            f"use at least {MIN_SECRET_KEY_LENGTH} random characters"
+        )
 
     database_url = database_uri(
         env.get("DATABASE_URL") or f"sqlite:///{Path(instance_path).resolve() / 'newsletter.db'}"
@@ -159,6 +204,8 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "SECRET_KEY": secret_key,
         "SECRET_KEY_FALLBACKS": _csv(env.get("SECRET_KEY_FALLBACKS", "")) or None,
         "SQLALCHEMY_DATABASE_URI": database_url,
+        # SQL parameters hold addresses: keep them out of exception texts (and so logs).
+        "SQLALCHEMY_ENGINE_OPTIONS": {"hide_parameters": True},
         "REDIS_URL": redis_url,
         "PUBLIC_URL": public_url,
         "TRUSTED_HOSTS": _csv(env.get("TRUSTED_HOSTS", "")) or None,
@@ -198,7 +245,7 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "SMTP_TIMEOUT": _float("SMTP_TIMEOUT", env.get("SMTP_TIMEOUT", "30")),
         "MONTHLY_SLOT": slot,
         "STORE_IP_PREFIX": _bool("STORE_IP_PREFIX", store_ip),
-        "LIST_ID": env.get("LIST_ID", "Newsletter <newsletter.example.com>"),
+        "LIST_ID": _check_list_id(env.get("LIST_ID", "Newsletter <newsletter.example.com>")),
         "CONTROLLER_NAME": env.get("CONTROLLER_NAME", "Example Company GmbH"),
         "CONTROLLER_ADDRESS": env.get("CONTROLLER_ADDRESS", "Example Street 1, 12345 Example City"),
         "CONTROLLER_EMAIL": env.get("CONTROLLER_EMAIL", "privacy@example.com"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import traceback
 from datetime import timedelta
 
 from rq import Queue, Retry
@@ -17,6 +18,7 @@ from rq.exceptions import DuplicateJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import select
 
+from newsletter import logs
 from newsletter.extensions import db, get_queue
 
 log = logging.getLogger(__name__)
@@ -25,13 +27,28 @@ FAILURE_TTL = 7 * 86400
 MAIL_JOB_TIMEOUT = 120
 
 
+class JobFailed(Exception):
+    """A job's exception whose text quoted an address; this carries its redacted traceback."""
+
+
 def job(func):
-    """Give each job a fresh database session, also when it runs inside a test process."""
+    """Give each job a fresh database session, and keep addresses out of failed jobs.
+
+    RQ stores the traceback of a failed job in Redis (FAILURE_TTL) and logs it. A
+    traceback that quotes an address (a database error naming the row, say) is replaced
+    by its redacted text; the job still fails, and RQ retries it as before.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except Exception as exc:
+            original = "".join(traceback.format_exception(exc))
+            redacted = logs.redact(original)
+            if redacted == original:
+                raise
+            raise JobFailed(redacted) from None
         finally:
             db.session.remove()
 

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from newsletter.extensions import csrf
 
+HSTS_MAX_AGE = 365 * 86400
 # Views whose POST may come from an allowed embedding origin without our CSRF token.
 EMBEDDABLE_ENDPOINTS = {"public.subscribe"}
 
@@ -70,6 +71,9 @@ def set_headers(response: Response) -> Response:
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     )
+    if request.is_secure:
+        # Over HTTPS (directly, or behind a TLS proxy that ProxyFix trusts): stay on HTTPS.
+        response.headers.setdefault("Strict-Transport-Security", f"max-age={HSTS_MAX_AGE}")
     if request.endpoint in EMBEDDABLE_ENDPOINTS and request.method == "POST":
         response.headers["Vary"] = "Origin"
     return response

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import cast
 
 from flask import current_app
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
@@ -101,52 +101,76 @@ def check_confirm_token(token: str) -> bool:
 def confirm(token: str) -> bool:
     """Turn the pending sign-up (or address change) behind ``token`` into effect, once.
 
-    A repeat (double click, or after an unsubscribe) finds no pending row and changes
-    nothing: the caller shows the same "confirmed" page. Return whether it was a change.
+    The pending row is consumed by a DELETE first, in the same transaction as its effect:
+    of several clicks arriving at once, exactly one deletes the row (the others wait for
+    its row lock, or for SQLite's write lock, and then delete nothing) and only that one
+    stores the subscriber. A repeat (double click, or after an unsubscribe) finds no
+    pending row and changes nothing: the caller shows the same "confirmed" page. Return
+    whether it was an address change.
     """
     key = tokens.read(tokens.Purpose.CONFIRM, token)
     is_change = key.startswith(CHANGE_KEY_PREFIX)
     public_id = key.removeprefix(CHANGE_KEY_PREFIX)
-    pending = db.session.scalar(select(PendingSignup).where(PendingSignup.public_id == public_id))
+    pending = db.session.execute(
+        select(
+            PendingSignup.id,
+            PendingSignup.purpose,
+            PendingSignup.email,
+            PendingSignup.subscriber_id,
+            PendingSignup.requested_at,
+            PendingSignup.consent_text_id,
+            PendingSignup.ip_prefix,
+        ).where(PendingSignup.public_id == public_id)
+    ).first()
+    db.session.rollback()  # end the read; the consuming DELETE starts the write
     if pending is None:
         return is_change
-    if pending.purpose == PendingPurpose.CHANGE_EMAIL:
-        _apply_address_change(pending)
-        return True
+    try:
+        if _delete(delete(PendingSignup).where(PendingSignup.id == pending.id)):
+            if pending.purpose == PendingPurpose.CHANGE_EMAIL:
+                _apply_address_change(pending.subscriber_id, pending.email)
+            else:
+                _store_subscriber(pending)
+        db.session.commit()
+    except IntegrityError:
+        # The address became a subscriber in between (another sign-up of it was confirmed
+        # at the same instant): the outcome is the same, only the pending row must go.
+        db.session.rollback()
+        _delete(delete(PendingSignup).where(PendingSignup.id == pending.id))
+        db.session.commit()
+    erase_traces()
+    return pending.purpose == PendingPurpose.CHANGE_EMAIL
+
+
+def _store_subscriber(pending) -> None:
+    """Add the confirmed subscriber with its proof of consent, unless the address is one."""
     already = db.session.scalar(select(Subscriber.id).where(Subscriber.email == pending.email))
-    if already is None:
-        db.session.add(
-            Subscriber(
-                email=pending.email,
-                requested_at=pending.requested_at,
-                confirmed_at=utcnow(),
-                consent_text_id=pending.consent_text_id,
-                ip_prefix=pending.ip_prefix,
-            )
+    if already is not None:
+        return
+    db.session.add(
+        Subscriber(
+            email=pending.email,
+            requested_at=pending.requested_at,
+            confirmed_at=utcnow(),
+            consent_text_id=pending.consent_text_id,
+            ip_prefix=pending.ip_prefix,
         )
-        stats.tally("confirmed")
-    db.session.delete(pending)
-    try:
-        db.session.commit()
-    except IntegrityError:
-        # A concurrent click confirmed the same sign-up first: the outcome is the same.
-        db.session.rollback()
-    erase_traces()
-    return False
+    )
+    db.session.flush()  # a unique-address race surfaces here, inside the try
+    stats.tally("confirmed")
 
 
-def _apply_address_change(pending: PendingSignup) -> None:
-    subscriber = db.session.get(Subscriber, pending.subscriber_id)
-    taken = db.session.scalar(select(Subscriber.id).where(Subscriber.email == pending.email))
-    if subscriber is not None and taken is None:
-        subscriber.email = pending.email
-        subscriber.email_changed_at = utcnow()
-    db.session.delete(pending)
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-    erase_traces()
+def _apply_address_change(subscriber_id: int | None, email: str) -> None:
+    """Move the subscriber to the confirmed new address, unless another subscriber has it."""
+    taken = db.session.scalar(select(Subscriber.id).where(Subscriber.email == email))
+    if subscriber_id is None or taken is not None:
+        return
+    db.session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == subscriber_id)
+        .values(email=email, email_changed_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def purge_expired_pending() -> int:

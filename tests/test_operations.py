@@ -37,8 +37,19 @@ pytestmark = pytest.mark.slow
             "DATABASE_URL",
         ),
         ({"SECRET_KEY": SECRET, "REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL"),
+        ({"SECRET_KEY": "s" * 31}, "at least 32"),
+        ({"SECRET_KEY": SECRET, "PUBLIC_URL": "https://bad_hostä.example/"}, "PUBLIC_URL"),
+        ({"SECRET_KEY": SECRET, "LIST_ID": "News <not an id>"}, "LIST_ID"),
     ],
-    ids=["no-secret-key", "mysql-database", "missing-sqlite-folder", "http-redis"],
+    ids=[
+        "no-secret-key",
+        "mysql-database",
+        "missing-sqlite-folder",
+        "http-redis",
+        "short-secret-key",
+        "bad-idn-public-url",
+        "bad-list-id",
+    ],
 )
 def test_bad_configuration_exits_with_a_clear_message(tmp_path, settings, named):
     environ = {
