@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import smtplib
-import sys
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-import click
 from flask import (
     Blueprint,
     Flask,
@@ -28,7 +26,7 @@ from flask import (
 )
 from sqlalchemy import func, select
 
-from newsletter import auth, campaigns, cli, editor, stats, subscriptions
+from newsletter import auth, campaigns, editor, stats, subscriptions
 from newsletter.extensions import db, limiter
 from newsletter.models import Campaign, CampaignStatus, Subscriber, utcnow
 from newsletter.slots import MonthlySlot
@@ -61,33 +59,6 @@ PREVIEW_CSP = (
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.jinja_env.filters["localtime"] = localtime
-    cli.admin_cli.add_command(create_admin_command)
-
-
-@click.command("create")
-@click.argument("email")
-@click.option(
-    "--password-stdin", is_flag=True, help="Read the password from standard input (for scripts)."
-)
-def create_admin_command(email: str, password_stdin: bool) -> None:
-    """Make a staff account for the admin pages; the password is asked for twice."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt(
-            f"Password (at least {auth.MIN_PASSWORD_LENGTH} characters)",
-            hide_input=True,
-            confirmation_prompt=True,
-        )
-    try:
-        user = auth.create_admin(email, password)
-    except auth.AccountError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"Created admin account {user.id}. Log in at {url_for_login()}")
-
-
-def url_for_login() -> str:
-    return current_app.config["PUBLIC_URL"] + "/admin/login"
 
 
 def _slot() -> MonthlySlot:

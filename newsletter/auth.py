@@ -1,22 +1,31 @@
-"""Staff accounts for the admin pages: Argon2 passwords, lock-out, session login."""
+"""Staff accounts for the admin pages: Argon2 passwords, lock-out, session login.
+
+Flask's sessions live in a signed cookie, so a copy of the cookie would outlive a logout.
+Each session therefore carries a fingerprint of the account's ``session_key`` (and its
+password hash); logout, a password change and a lock-out rotate the key in one UPDATE,
+which ends every earlier session of the account, wherever its cookie is kept.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import hmac
+import logging
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app, g, redirect, request, session, url_for
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter import addresses
 from newsletter.extensions import db
-from newsletter.models import AdminUser, utcnow
+from newsletter.models import AdminUser, new_token_key, utcnow
+
+log = logging.getLogger(__name__)
 
 MIN_PASSWORD_LENGTH = 12
 
@@ -27,7 +36,13 @@ _DUMMY_HASH = _hasher.hash("not-a-password-of-anyone")
 
 
 class AccountError(ValueError):
-    """The account cannot be created; the message says why."""
+    """The account cannot be made or changed; the message says why."""
+
+
+def _hash_new_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"The password must be at least {MIN_PASSWORD_LENGTH} characters long.")
+    return _hasher.hash(password)
 
 
 def create_admin(email: str, password: str) -> AdminUser:
@@ -36,9 +51,7 @@ def create_admin(email: str, password: str) -> AdminUser:
         email = addresses.normalize(email, check_deliverability=False)
     except addresses.InvalidAddress as exc:
         raise AccountError(str(exc)) from None
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise AccountError(f"The password must be at least {MIN_PASSWORD_LENGTH} characters long.")
-    user = AdminUser(email=email, password_hash=_hasher.hash(password))
+    user = AdminUser(email=email, password_hash=_hash_new_password(password))
     db.session.add(user)
     try:
         db.session.commit()
@@ -54,6 +67,62 @@ def _find(email: str) -> AdminUser | None:
     except addresses.InvalidAddress:
         return None
     return db.session.scalar(select(AdminUser).where(AdminUser.email == email))
+
+
+def get_admin(email: str) -> AdminUser:
+    """Return the account for ``email``, or raise AccountError when there is none."""
+    user = _find(email)
+    if user is None:
+        raise AccountError("There is no admin account with that address.")
+    return user
+
+
+def list_admins() -> list[AdminUser]:
+    return list(db.session.scalars(select(AdminUser).order_by(AdminUser.email)))
+
+
+def is_locked(user: AdminUser) -> bool:
+    return user.locked_until is not None and user.locked_until > utcnow()
+
+
+def set_password(email: str, password: str) -> AdminUser:
+    """Give the account a new password; every session it had ends."""
+    password_hash = _hash_new_password(password)
+    user = _change(email, password_hash=password_hash, session_key=new_token_key())
+    log.info("admin %s: password changed, sessions ended", user.id)
+    return user
+
+
+def unlock(email: str) -> AdminUser:
+    """Lift a lock-out and forget the failed logins counted so far."""
+    user = _change(email, failed_logins=0, locked_until=None)
+    log.info("admin %s: unlocked", user.id)
+    return user
+
+
+def delete_admin(email: str) -> None:
+    """Delete the account; its sessions end because it no longer exists."""
+    user_id = get_admin(email).id
+    db.session.execute(delete(AdminUser).where(AdminUser.id == user_id))
+    db.session.commit()
+    log.info("admin %s: deleted", user_id)
+
+
+def _change(email: str, **values) -> AdminUser:
+    user = get_admin(email)
+    _update(user.id, **values)
+    return user
+
+
+def end_sessions(user_id: int) -> None:
+    """End every session of the account, in this browser and all others."""
+    _update(user_id, session_key=new_token_key())
+
+
+def _update(user_id: int, **values) -> None:
+    """Apply ``values`` to the account in one UPDATE, so parallel requests cannot undo it."""
+    db.session.execute(update(AdminUser).where(AdminUser.id == user_id).values(**values))
+    db.session.commit()
 
 
 def authenticate(email: str, password: str) -> AdminUser | None:
@@ -90,7 +159,11 @@ def _verify(password_hash: str, password: str) -> bool:
 
 
 def _record_failure(user_id: int) -> None:
-    """Count a failed login in one UPDATE (parallel attempts all count) and lock if due."""
+    """Count a failed login in one UPDATE (parallel attempts all count) and lock if due.
+
+    The lock also ends the account's sessions: someone is guessing its password, and a
+    session the owner left open may be what they are after.
+    """
     config = current_app.config
     db.session.execute(
         update(AdminUser)
@@ -102,15 +175,20 @@ def _record_failure(user_id: int) -> None:
         .where(
             AdminUser.id == user_id, AdminUser.failed_logins >= config["ADMIN_MAX_FAILED_LOGINS"]
         )
-        .values(failed_logins=0, locked_until=utcnow() + timedelta(seconds=config["ADMIN_LOCKOUT"]))
+        .values(
+            failed_logins=0,
+            locked_until=utcnow() + timedelta(seconds=config["ADMIN_LOCKOUT"]),
+            session_key=new_token_key(),
+        )
     )
     db.session.commit()
 
 
 def _session_key(user: AdminUser) -> str:
-    """A fingerprint of the password hash: a new password ends every older session."""
+    """A fingerprint of the session key and password hash: a change of either ends sessions."""
     secret = current_app.config["SECRET_KEY"].encode()
-    return hmac.new(secret, user.password_hash.encode(), hashlib.sha256).hexdigest()[:32]
+    message = f"{user.session_key}:{user.password_hash}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
 
 
 def login(user: AdminUser) -> None:
@@ -122,6 +200,10 @@ def login(user: AdminUser) -> None:
 
 
 def logout() -> None:
+    """End this session and every other session of the same account."""
+    user = current_admin()
+    if user is not None:
+        end_sessions(user.id)
     _clear_session()
 
 

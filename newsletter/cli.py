@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
-from flask import Flask
+from flask import Flask, current_app
 
 
 def init_app(app: Flask) -> None:
@@ -80,6 +82,103 @@ def subscriber_stats() -> None:
     for month, kinds in stats.monthly().items():
         for kind, count in sorted(kinds.items()):
             click.echo(f"{month}  {kind:<28} {count}")
+
+
+# --- admin: staff accounts for the admin pages ------------------------------------------
+# Staff addresses are printed to the operator's terminal, never logged.
+
+
+def _account_call(func, *args):
+    """Run an auth service call; turn its AccountError into a clean message and exit 1."""
+    from newsletter import auth
+
+    try:
+        return func(*args)
+    except auth.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_password_stdin = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input (for scripts)."
+)
+
+
+def _new_password(password_stdin: bool) -> str:
+    """Read the password from standard input, or ask for it twice without echoing it."""
+    from newsletter import auth
+
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt(
+        f"Password (at least {auth.MIN_PASSWORD_LENGTH} characters)",
+        hide_input=True,
+        confirmation_prompt=True,
+    )
+
+
+@admin_cli.command("create")
+@click.argument("email")
+@_password_stdin
+def admin_create(email: str, password_stdin: bool) -> None:
+    """Make a staff account for the admin pages; the password is asked for twice."""
+    from newsletter import auth
+
+    user = _account_call(auth.create_admin, email, _new_password(password_stdin))
+    login_url = current_app.config["PUBLIC_URL"] + "/admin/login"
+    click.echo(f"Created admin account {user.id}. Log in at {login_url}")
+
+
+@admin_cli.command("list")
+def admin_list() -> None:
+    """List the staff accounts: address, when made, last login, and whether locked."""
+    from newsletter import auth
+
+    users = auth.list_admins()
+    if not users:
+        click.echo("No admin accounts. Make one with: flask --app newsletter admin create EMAIL")
+        return
+    width = max(len("email"), *(len(user.email) for user in users))
+    click.echo(f"{'email':<{width}}  {'created':<20} {'last login':<20} locked")
+    for user in users:
+        last_login = _when(user.last_login_at) if user.last_login_at else "never"
+        locked = f"until {_when(user.locked_until)}" if auth.is_locked(user) else "no"
+        click.echo(f"{user.email:<{width}}  {_when(user.created_at):<20} {last_login:<20} {locked}")
+
+
+@admin_cli.command("password")
+@click.argument("email")
+@_password_stdin
+def admin_password(email: str, password_stdin: bool) -> None:
+    """Set a new password for EMAIL; every session of the account ends."""
+    from newsletter import auth
+
+    _account_call(auth.get_admin, email)  # say so before asking for a password
+    _account_call(auth.set_password, email, _new_password(password_stdin))
+    click.echo("Password changed. Every session of this account has ended.")
+
+
+@admin_cli.command("unlock")
+@click.argument("email")
+def admin_unlock(email: str) -> None:
+    """Lift the lock-out of EMAIL and forget its failed logins."""
+    from newsletter import auth
+
+    _account_call(auth.unlock, email)
+    click.echo("Unlocked. The account can log in again.")
+
+
+@admin_cli.command("delete")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def admin_delete(email: str, yes: bool) -> None:
+    """Delete the staff account EMAIL; its sessions end at once."""
+    from newsletter import auth
+
+    _account_call(auth.get_admin, email)
+    if not yes:
+        click.confirm("Delete this admin account?", abort=True)
+    _account_call(auth.delete_admin, email)
+    click.echo("Deleted. Its sessions have ended.")
 
 
 # --- token: bearer tokens for the JSON API ----------------------------------------------

@@ -222,7 +222,11 @@ class ApiToken(db.Model):
 
 
 class AdminUser(db.Model):
-    """A staff account for the admin pages; the password is stored as an Argon2 hash."""
+    """A staff account for the admin pages; the password is stored as an Argon2 hash.
+
+    ``session_key`` is part of every session's fingerprint (see ``auth``): a new random
+    value, set on logout, password change and lock-out, ends every earlier session.
+    """
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
@@ -231,6 +235,7 @@ class AdminUser(db.Model):
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    session_key: Mapped[str] = mapped_column(String(32), default=new_token_key)
 
 
 class Tally(db.Model):

@@ -258,6 +258,33 @@ def subscribed(client, work, smtp):
     return lambda email: subscribe(client, work, smtp, email)
 
 
+# --- Admin area --------------------------------------------------------------------------
+
+STAFF = "staff@example.com"
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def staff(app):
+    from newsletter import auth
+
+    return auth.create_admin(STAFF, PASSWORD)
+
+
+def log_in(client, email=STAFF, password=PASSWORD, **extra):
+    token = csrf_token(client, "/admin/login")
+    data = {"email": email, "password": password, "csrf_token": token, **extra}
+    return client.post("/admin/login", data=data)
+
+
+@pytest.fixture
+def admin(client, staff):
+    """A test client logged in as staff."""
+    response = log_in(client)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return client
+
+
 # --- Live server and browser (Playwright driving Debian's chromium) ----------------------
 
 CHROMIUM = "/usr/bin/chromium"

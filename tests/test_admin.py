@@ -13,29 +13,7 @@ from newsletter import auth, campaigns, consent
 from newsletter.admin import localtime
 from newsletter.extensions import db
 from newsletter.models import AdminUser, Campaign, CampaignStatus, Subscriber, Tally, utcnow
-from tests.conftest import csrf_token
-
-STAFF = "staff@example.com"
-PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def staff(app):
-    return auth.create_admin(STAFF, PASSWORD)
-
-
-def log_in(client, email=STAFF, password=PASSWORD, **extra):
-    token = csrf_token(client, "/admin/login")
-    data = {"email": email, "password": password, "csrf_token": token, **extra}
-    return client.post("/admin/login", data=data)
-
-
-@pytest.fixture
-def admin(client, staff):
-    """A test client logged in as staff."""
-    response = log_in(client)
-    assert response.status_code == 302, response.get_data(as_text=True)
-    return client
+from tests.conftest import PASSWORD, STAFF, csrf_token, log_in
 
 
 def add_subscriber(email: str) -> Subscriber:
