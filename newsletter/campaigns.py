@@ -238,14 +238,28 @@ def _never_started(campaign: Campaign) -> bool:
     return campaign.started_at is None and not has_batches
 
 
-def _cleaned_content(campaign: Campaign) -> dict:
-    """Values that bring HTML stored before it was cleaned (see ``sanitizer``) in line."""
+def _clean_stored_html(campaign: Campaign, allowed) -> None:
+    """Clean HTML stored before cleaning existed (see ``sanitizer``), before it goes out.
+
+    Conditional on the HTML read, so an edit in between (cleaned already) is kept.
+    """
     html = sanitizer.clean(campaign.html)
     if html == campaign.html:
-        return {}
+        return
+    values = {"html": html}
     if campaign.text_is_derived:
-        return {"html": html, "text": html_to_text(html)}
-    return {"html": html}
+        values["text"] = html_to_text(html)
+    db.session.execute(
+        sql_update(Campaign)
+        .where(
+            Campaign.id == campaign.id,
+            Campaign.status.in_(allowed),
+            Campaign.html == campaign.html,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
 
 
 def schedule(campaign_id: int, send_at: datetime | str | None = None) -> Campaign:
@@ -285,6 +299,7 @@ def schedule_and_start(
             allowed.append(CampaignStatus.PAUSED)
         else:
             paused_midway = True
+    _clean_stored_html(campaign, allowed)
     campaign = _change_status(
         campaign_id,
         allowed,
@@ -293,7 +308,6 @@ def schedule_and_start(
         status=CampaignStatus.SCHEDULED,
         send_at=when,
         status_reason=None,
-        **_cleaned_content(campaign),
     )
     log.info("campaign %s scheduled for %s", campaign_id, when.isoformat())
     if when <= utcnow() and not _tick_now(campaign_id):
