@@ -364,7 +364,7 @@ def schedule(campaign_id: int):
             send_at = parse_local_time(send_at_local, zone)
         else:
             send_at = None
-        scheduled = campaigns.schedule(found.id, send_at)
+        scheduled, note = campaigns.schedule_and_start(found.id, send_at)
     except ValueError as exc:
         errors = {"send_at": str(exc)}
         return _campaign_page(
@@ -382,7 +382,9 @@ def schedule(campaign_id: int):
     except campaigns.WrongState as exc:
         flash(str(exc), "alert")
         return redirect(url_for("admin.campaign", campaign_id=found.id))
-    if when == "now":
+    if note:
+        flash(note, "alert")
+    elif when == "now":
         flash("Sending starts within seconds. This page shows the progress.", "notice")
     else:
         flash(f"Scheduled for {localtime(scheduled.send_at)}.", "notice")

@@ -77,6 +77,8 @@ def json_body(*, allow_empty: bool = False) -> dict:
         data = json.loads(raw)
     except ValueError:
         raise Problem(400, "Bad Request", "The body is not valid JSON.") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise Problem(400, "Bad Request", "The body is nested too deeply.") from None
     if not isinstance(data, dict):
         raise invalid({"": "The body must be a JSON object."})
     return data
@@ -232,8 +234,11 @@ def send_test(campaign_id: int):
 def schedule_campaign(campaign_id: int):
     data = json_body(allow_empty=True)
     only_fields(data, {"send_at"})
-    campaign = campaigns.schedule(campaign_id, parse_send_at(data.get("send_at")))
-    return jsonify(campaign_json(campaign))
+    campaign, note = campaigns.schedule_and_start(campaign_id, parse_send_at(data.get("send_at")))
+    body = campaign_json(campaign)
+    if note:
+        body["note"] = note
+    return jsonify(body)
 
 
 @bp.post("/campaigns/<int:campaign_id>/cancel")

@@ -11,13 +11,22 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import redis
 from flask import current_app
 from sqlalchemy import CursorResult, func, select
 from sqlalchemy import update as sql_update
 
-from newsletter import addresses
+from newsletter import addresses, sanitizer
 from newsletter.extensions import db
-from newsletter.models import Campaign, CampaignStatus, PendingSignup, SendBatch, Subscriber, utcnow
+from newsletter.models import (
+    AdminUser,
+    Campaign,
+    CampaignStatus,
+    PendingSignup,
+    SendBatch,
+    Subscriber,
+    utcnow,
+)
 from newsletter.rendering import html_to_text
 from newsletter.slots import MonthlySlot
 
@@ -30,6 +39,10 @@ CANCELLABLE = (CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.
 # A scheduled time this far in the past is taken as a typo, not as "send now".
 PAST_TOLERANCE = timedelta(minutes=1)
 TEST_COPY_PATH = "/unsubscribe/test-copy-no-subscription"
+QUEUE_DOWN_NOTE = (
+    "The queue (Redis) cannot be reached just now. The campaign is scheduled all the same: "
+    "sending starts when the queue is back, at the next periodic tick."
+)
 _UNSET = object()
 
 
@@ -66,12 +79,26 @@ class Invalid(CampaignError):
         return "; ".join(f"{name}: {message}" for name, message in self.errors.items())
 
 
+def _is_unicode(value: str) -> bool:
+    """False for strings with lone surrogates (JSON allows ``"\\ud800"``; UTF-8 does not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+NOT_UNICODE = "contains a lone surrogate (e.g. \\ud800), which is not a character"
+
+
 def _check_subject(subject, errors: dict[str, str]) -> str | None:
     if not isinstance(subject, str) or not subject.strip():
         errors["subject"] = "Give the edition a subject."
         return None
     subject = subject.strip()
-    if any(c in subject for c in "\r\n\0"):
+    if not _is_unicode(subject):
+        errors["subject"] = f"The subject {NOT_UNICODE}."
+    elif any(c in subject for c in "\r\n\0"):
         errors["subject"] = "The subject must be one line."
     elif len(subject) > SUBJECT_MAX:
         errors["subject"] = f"The subject is {len(subject)} characters long; at most {SUBJECT_MAX}."
@@ -79,12 +106,23 @@ def _check_subject(subject, errors: dict[str, str]) -> str | None:
 
 
 def _check_html(html, errors: dict[str, str]) -> str | None:
+    """Return the HTML body cleaned to the mail allow-list (see ``sanitizer``)."""
     if not isinstance(html, str) or not html.strip():
         errors["html"] = "The edition needs an HTML body."
         return None
+    if not _is_unicode(html):
+        errors["html"] = f"The HTML body {NOT_UNICODE}."
+        return None
     if "\0" in html:
         errors["html"] = "The HTML body contains a NUL character."
-    return html
+        return None
+    cleaned = sanitizer.clean(html)
+    if not cleaned.strip():
+        errors["html"] = (
+            "Nothing is left of the HTML body once scripts, frames and forms are removed."
+        )
+        return None
+    return cleaned
 
 
 def _check_text(text, errors: dict[str, str]) -> str | None:
@@ -94,7 +132,9 @@ def _check_text(text, errors: dict[str, str]) -> str | None:
     if not isinstance(text, str):
         errors["text"] = "The text part must be a string (or null to derive it from the HTML)."
         return None
-    if "\0" in text:
+    if not _is_unicode(text):
+        errors["text"] = f"The text part {NOT_UNICODE}."
+    elif "\0" in text:
         errors["text"] = "The text part contains a NUL character."
     return text if text.strip() else None
 
@@ -198,9 +238,42 @@ def _never_started(campaign: Campaign) -> bool:
     return campaign.started_at is None and not has_batches
 
 
-def schedule(campaign_id: int, send_at: datetime | str | None = None) -> Campaign:
-    """Schedule a draft (or reschedule) for ``send_at``, ``"now"`` or the next monthly slot.
+def _clean_stored_html(campaign: Campaign, allowed) -> None:
+    """Clean HTML stored before cleaning existed (see ``sanitizer``), before it goes out.
 
+    Conditional on the HTML read, so an edit in between (cleaned already) is kept.
+    """
+    html = sanitizer.clean(campaign.html)
+    if html == campaign.html:
+        return
+    values = {"html": html}
+    if campaign.text_is_derived:
+        values["text"] = html_to_text(html)
+    db.session.execute(
+        sql_update(Campaign)
+        .where(
+            Campaign.id == campaign.id,
+            Campaign.status.in_(allowed),
+            Campaign.html == campaign.html,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+
+
+def schedule(campaign_id: int, send_at: datetime | str | None = None) -> Campaign:
+    """Schedule a draft (or reschedule) for ``send_at``, ``"now"`` or the next monthly slot."""
+    return schedule_and_start(campaign_id, send_at)[0]
+
+
+def schedule_and_start(
+    campaign_id: int, send_at: datetime | str | None = None
+) -> tuple[Campaign, str | None]:
+    """Schedule as ``schedule`` does; start a due campaign at once.
+
+    Returns the campaign and a note for staff (``QUEUE_DOWN_NOTE``) when the start could
+    not be queued: the database is the scheduler, so the periodic tick starts it later.
     A paused campaign that never started (it was found overdue) may be scheduled again;
     one paused mid-send continues with ``resume`` instead.
     """
@@ -226,6 +299,7 @@ def schedule(campaign_id: int, send_at: datetime | str | None = None) -> Campaig
             allowed.append(CampaignStatus.PAUSED)
         else:
             paused_midway = True
+    _clean_stored_html(campaign, allowed)
     campaign = _change_status(
         campaign_id,
         allowed,
@@ -236,16 +310,29 @@ def schedule(campaign_id: int, send_at: datetime | str | None = None) -> Campaig
         status_reason=None,
     )
     log.info("campaign %s scheduled for %s", campaign_id, when.isoformat())
-    if when <= utcnow():
-        _tick_now(campaign_id)
-    return campaign
+    if when <= utcnow() and not _tick_now(campaign_id):
+        return campaign, QUEUE_DOWN_NOTE
+    return campaign, None
 
 
-def _tick_now(campaign_id: int) -> None:
-    """Start a due campaign within seconds instead of waiting for the next periodic tick."""
+def _tick_now(campaign_id: int) -> bool:
+    """Start a due campaign within seconds instead of waiting for the next periodic tick.
+
+    Returns False when Redis is unreachable: the campaign is committed as scheduled and
+    the periodic tick starts it once Redis is back, so the outage is no error here.
+    """
     from newsletter import jobs
 
-    jobs.enqueue("tick", jobs.tick, job_id=f"tick-now-{campaign_id}", timeout=300)
+    try:
+        jobs.enqueue("tick", jobs.tick, job_id=f"tick-now-{campaign_id}", timeout=300)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        log.warning(
+            "campaign %s: queue unreachable (%s); the periodic tick will start it",
+            campaign_id,
+            type(exc).__name__,
+        )
+        return False
+    return True
 
 
 def cancel(campaign_id: int) -> Campaign:
@@ -285,10 +372,12 @@ def resume(campaign_id: int) -> Campaign:
 
 
 def send_test(campaign_id: int, to: str) -> None:
-    """Send one copy to a staff address now; its unsubscribe link leads nowhere.
+    """Send one copy now to a staff account's address; its unsubscribe link leads nowhere.
 
-    SMTP errors (``smtplib.SMTPException``, ``OSError``) propagate: the caller tells the
-    marketer that the mail server did not take the copy.
+    Any other address is refused (Invalid, field ``to``): a token or a login must not turn
+    the service into a mailer to anyone. SMTP errors (``smtplib.SMTPException``,
+    ``OSError``) propagate: the caller tells the marketer that the mail server did not
+    take the copy.
     """
     from newsletter import mailing, smtp
 
@@ -297,7 +386,10 @@ def send_test(campaign_id: int, to: str) -> None:
         address = addresses.normalize(to if isinstance(to, str) else "")
     except addresses.InvalidAddress as exc:
         raise Invalid({"to": str(exc)}) from None
-    template = mailing.edition_template(campaign.subject, campaign.html, campaign.text)
+    if db.session.scalar(select(AdminUser.id).where(AdminUser.email == address)) is None:
+        raise Invalid({"to": "Test copies go only to the address of a staff (admin) account."})
+    html = sanitizer.clean(campaign.html)  # also for a draft stored before cleaning existed
+    template = mailing.edition_template(campaign.subject, html, campaign.text)
     unsubscribe_url = current_app.config["PUBLIC_URL"] + TEST_COPY_PATH
     smtp.send(template.render(address, {"unsubscribe_url": unsubscribe_url}))
     log.info("campaign %s: test copy sent", campaign_id)

@@ -3,6 +3,8 @@
 Mail clients drop ``<style>`` blocks and ignore classes, so the typography of the body
 is inlined into ``style`` attributes (css-inline). When sent, the body goes into the
 shared responsive edition layout (templates/mail/edition.html), as in the preview here.
+The campaign service cleans the result to the mail allow-list (``sanitizer``) after the
+inlining, so the inlined ``style`` attributes are kept and scripts never get stored.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import css_inline
 import markdown
 
-from newsletter import campaigns, mailing
+from newsletter import campaigns, mailing, sanitizer
 from newsletter.extensions import db
 from newsletter.models import Campaign
 
@@ -88,6 +90,10 @@ def source_of(campaign: Campaign) -> tuple[str, str]:
 
 
 def preview_document(campaign: Campaign) -> str:
-    """Return the HTML document a reader gets, with a dead unsubscribe link."""
-    template = mailing.edition_template(campaign.subject, campaign.html, campaign.text)
+    """Return the HTML document a reader gets, with a dead unsubscribe link.
+
+    The body is cleaned again here, for editions stored before cleaning existed.
+    """
+    html = sanitizer.clean(campaign.html)
+    template = mailing.edition_template(campaign.subject, html, campaign.text)
     return template.html.replace(mailing.UNSUBSCRIBE_PLACEHOLDER, "#unsubscribe")

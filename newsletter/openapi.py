@@ -44,7 +44,16 @@ SUBJECT = {
     "pattern": r"^[^\r\n\x00]*\S[^\r\n\x00]*$",
     "description": "One line, not blank.",
 }
-HTML = {"type": "string", "pattern": r"^[^\x00]*\S[^\x00]*$", "description": "Not blank."}
+HTML = {
+    "type": "string",
+    "pattern": r"^[^\x00]*\S[^\x00]*$",
+    "description": (
+        "Not blank. Cleaned to what mail may carry before it is stored: scripts, style "
+        "blocks, frames, forms, meta refreshes, event handler attributes and links other "
+        "than http, https, mailto and #fragment are removed; formatting, headings, lists, "
+        "tables, images (http or https) and style attributes stay."
+    ),
+}
 TEXT = {
     "type": ["string", "null"],
     "pattern": r"^[^\x00]*$",
@@ -123,7 +132,13 @@ SCHEMAS = {
         "type": "object",
         "additionalProperties": False,
         "required": ["to"],
-        "properties": {"to": {"type": "string", "format": "email"}},
+        "properties": {
+            "to": {
+                "type": "string",
+                "format": "email",
+                "description": "A staff (admin) account's address; any other is refused (422).",
+            }
+        },
     },
     "TestSent": {
         "type": "object",
@@ -146,6 +161,24 @@ SCHEMAS = {
                 ]
             }
         },
+    },
+    "ScheduledCampaign": {
+        "allOf": [
+            _ref("Campaign"),
+            {
+                "type": "object",
+                "properties": {
+                    "note": {
+                        "type": "string",
+                        "description": (
+                            "Present when the campaign is due but the queue (Redis) cannot be "
+                            "reached: it is scheduled all the same and sending starts when "
+                            "the queue is back, at the next periodic tick."
+                        ),
+                    }
+                },
+            },
+        ]
     },
     "Stats": {
         "type": "object",
@@ -204,7 +237,7 @@ UNAUTHORIZED = _problem("No token, or an unknown or revoked one.")
 NOT_FOUND = _problem("No such campaign.")
 CONFLICT = _problem("The campaign's status does not allow this.")
 UNPROCESSABLE = _problem("Invalid fields; see errors.")
-BAD_JSON = _problem("The body is not valid JSON.")
+BAD_JSON = _problem("The body is not valid JSON, or is nested too deeply.")
 NOT_JSON = _problem("The body is not application/json.")
 
 
@@ -270,17 +303,28 @@ PATHS = {
             },
             body=_body(_ref("TestSend")),
         )
+        | {
+            "description": (
+                "Only to the address of a staff (admin) account, made with "
+                "'flask --app newsletter admin create EMAIL'; any other address is refused "
+                "(422, pointer #/to) and nothing is sent."
+            )
+        }
     },
     "/campaigns/{campaign_id}/schedule": {
         "post": _operation(
             "Schedule for a time, now, or the next monthly slot",
-            {"200": _json("The scheduled campaign.", _ref("Campaign")), "409": CONFLICT},
+            {
+                "200": _json("The scheduled campaign.", _ref("ScheduledCampaign")),
+                "409": CONFLICT,
+            },
             body=_body(_ref("Schedule"), required=False),
         )
         | {
             "description": (
                 "Allowed for drafts, scheduled campaigns, and paused ones that never started. "
-                "A time without UTC offset is refused (422)."
+                "A time without UTC offset is refused (422). A campaign due now is scheduled "
+                "even while the queue (Redis) is down; the answer then carries a note."
             )
         }
     },

@@ -129,6 +129,27 @@ def app(base_environ, migrated, smtp_server, app_config):
         get_redis().close()  # unclosed sockets turn into ResourceWarnings, i.e. errors
 
 
+@pytest.fixture
+def redis_down_app(base_environ, app):
+    """A second app on the same database whose Redis (queue and rate limiter) is away.
+
+    Its REDIS_URL names a loopback port nobody listens on, so every Redis call really
+    fails with a refused connection. The ``app`` fixture stays the one with a live Redis.
+    """
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environ = {**base_environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    down = create_app(test_config={"TESTING": True}, environ=environ)
+    yield down
+    with down.app_context():
+        db.session.remove()
+        db.engine.dispose()
+    down.extensions["redis"].close()
+
+
 def _empty(app) -> None:
     """Empty every table and the Redis database between tests."""
     db.session.remove()

@@ -7,13 +7,14 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from newsletter import auth, campaigns, consent
 from newsletter.admin import localtime
 from newsletter.extensions import db
 from newsletter.models import AdminUser, Campaign, CampaignStatus, Subscriber, Tally, utcnow
 from tests.conftest import PASSWORD, STAFF, csrf_token, log_in
+from tests.html_vectors import BENIGN, UNSAFE, assert_benign_kept, assert_clean
 
 
 def add_subscriber(email: str) -> Subscriber:
@@ -369,6 +370,40 @@ def test_test_send_goes_to_the_staff_members_own_address(admin, smtp):
     assert f"A test copy is on its way to {STAFF}" in page
 
 
+@pytest.mark.parametrize("source_format", ["html", "markdown"])
+def test_editor_cleans_unsafe_html_after_inlining_so_styles_stay(admin, smtp, source_format):
+    token = form_token(admin, "/admin/campaigns/new")
+    data = {
+        "subject": "Unsafe",
+        "source": UNSAFE + "\n\n" + BENIGN,
+        "source_format": source_format,
+        "csrf_token": token,
+    }
+    response = admin.post("/admin/campaigns/new", data=data)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    campaign_id = int(response.location.rsplit("/", 1)[1])
+    stored = campaigns.get(campaign_id).html
+    preview = admin.get(f"/admin/campaigns/{campaign_id}/preview").get_data(as_text=True)
+    token = form_token(admin, f"/admin/campaigns/{campaign_id}")
+    admin.post(f"/admin/campaigns/{campaign_id}/test", data={"csrf_token": token})
+    [mail] = smtp.to(STAFF)
+    for html in [stored, preview, mail.html]:
+        assert_clean(html)
+        assert_benign_kept(html)
+        # The editor's typography, inlined before cleaning, is still there.
+        assert re.search(r'<h2 style="[^"]*font-size: 20px', html)
+        assert re.search(r'<a href="https://example.com/notes" style="[^"]*color: #1d4ed8', html)
+
+
+def test_preview_cleans_an_edition_stored_before_cleaning(admin):
+    campaign = campaigns.create("Old", BENIGN)
+    db.session.execute(update(Campaign).where(Campaign.id == campaign.id).values(html=UNSAFE))
+    db.session.commit()
+    preview = admin.get(f"/admin/campaigns/{campaign.id}/preview").get_data(as_text=True)
+    assert_clean(preview)
+    assert "Click" in preview and "Link 2" in preview  # their text stays, as text
+
+
 def schedule(admin, campaign_id, **data):
     token = form_token(admin, f"/admin/campaigns/{campaign_id}")
     return admin.post(
@@ -436,6 +471,24 @@ def test_schedule_now_and_cancel(admin):
     # A cancelled campaign can no longer be edited.
     page = admin.get(f"/admin/campaigns/{campaign_id}").get_data(as_text=True)
     assert 'name="source"' not in page and "/schedule" not in page
+
+
+def test_schedule_now_while_redis_is_down_is_kept_with_a_notice(admin, redis_down_app):
+    campaign_id = create_from_markdown(admin)
+    token = form_token(admin, f"/admin/campaigns/{campaign_id}")
+    # The same staff session, on an app whose Redis is unreachable.
+    down = redis_down_app.test_client()
+    name = redis_down_app.config["SESSION_COOKIE_NAME"]
+    down.set_cookie(name, admin.get_cookie(name).value)
+    response = down.post(
+        f"/admin/campaigns/{campaign_id}/schedule", data={"csrf_token": token, "when": "now"}
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)
+    page = down.get(response.location).get_data(as_text=True)
+    assert "cannot be reached just now" in page and "next periodic tick" in page
+    assert "Sending starts within seconds" not in page
+    db.session.expire_all()
+    assert campaigns.get(campaign_id).status == CampaignStatus.SCHEDULED
 
 
 def test_progress_json_reports_totals(admin):

@@ -5,15 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from newsletter import api_tokens, campaigns
 from newsletter.extensions import db, get_queue
 from newsletter.models import ApiToken, Campaign, CampaignStatus
-from tests.conftest import PUBLIC_URL
+from tests.conftest import PUBLIC_URL, STAFF
+from tests.html_vectors import BENIGN, UNSAFE, assert_benign_kept, assert_clean
 
 PROBLEM = "application/problem+json"
-HTML = "<h1>Release 5.0</h1><p>The new <b>viewer</b> is out. <a href='https://example.com/notes'>Notes</a></p>"
+HTML = '<h1>Release 5.0</h1><p>The new <b>viewer</b> is out. <a href="https://example.com/notes">Notes</a></p>'
 
 
 class Api:
@@ -138,6 +139,38 @@ def test_body_must_be_a_json_object(api):
     )
     body = assert_problem(api("POST", "/campaigns", json=["subject"]), 422)
     assert pointers(body) == {"#"}
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_body_nested_200000_deep_is_a_400_problem_not_a_crash(api, method):
+    path = "/campaigns" if method == "POST" else f"/campaigns/{api.create()['id']}"
+    for body in ["[" * 200_000, '{"subject": ' + "[" * 200_000]:
+        response = api(method, path, data=body, content_type="application/json")
+        assert "nested too deeply" in assert_problem(response, 400)["detail"]
+    assert db.session.scalar(select(func.count(Campaign.id))) == (method == "PATCH")
+
+
+@pytest.mark.parametrize("field", ["subject", "html", "text"])
+def test_lone_surrogate_is_refused_with_a_pointer_to_its_field(api, field):
+    """JSON may escape half a UTF-16 pair ("\\ud800"); it is no character and cannot be stored."""
+    fields = {"subject": "November news", "html": "<p>x</p>", "text": "x"}
+    fields[field] = fields[field] + "\ud800"
+    response = api("POST", "/campaigns", json=fields)
+    body = assert_problem(response, 422)
+    assert pointers(body) == {f"#/{field}"}
+    assert "surrogate" in body["errors"][0]["detail"]
+    assert db.session.scalar(select(Campaign)) is None
+
+    created = api.create()
+    response = api("PATCH", f"/campaigns/{created['id']}", json={field: fields[field]})
+    assert pointers(assert_problem(response, 422)) == {f"#/{field}"}
+    # The raw escape as a client sends it, byte for byte.
+    raw = '{"' + field + '": "a\\ud800b"}'
+    response = api(
+        "PATCH", f"/campaigns/{created['id']}", data=raw, content_type="application/json"
+    )
+    assert pointers(assert_problem(response, 422)) == {f"#/{field}"}
+    assert api("GET", f"/campaigns/{created['id']}").get_json()["subject"] == "November news"
 
 
 def test_create_validates_every_field_with_clear_messages(api):
@@ -340,10 +373,34 @@ def test_schedule_now_enqueues_a_tick_at_once(api):
     response = api("POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "now"})
     assert response.status_code == 200
     scheduled = response.get_json()
-    assert scheduled["status"] == "scheduled"
+    assert scheduled["status"] == "scheduled" and "note" not in scheduled
     assert before - timedelta(seconds=1) <= datetime.fromisoformat(scheduled["send_at"])
     assert datetime.fromisoformat(scheduled["send_at"]) <= datetime.now(UTC)
     assert f"tick-now-{created['id']}" in get_queue("tick").get_job_ids()
+
+
+def test_schedule_now_while_redis_is_down_is_kept_and_the_tick_sends_it_later(
+    api, redis_down_app, work, smtp
+):
+    """The database is the scheduler: an outage of the queue delays the start, no more."""
+    from newsletter import jobs
+
+    readers = add_readers(2)
+    created = api.create()
+    down = Api(redis_down_app.test_client(), api.token)
+    response = down("POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "now"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["status"] == "scheduled"
+    assert "queue" in body["note"] and "periodic tick" in body["note"]
+    db.session.expire_all()
+    assert db.session.get(Campaign, created["id"]).status == CampaignStatus.SCHEDULED
+    assert get_queue("tick").count == 0 and editions(smtp) == []
+
+    jobs.enqueue_tick(0)  # what worker.py does every TICK_INTERVAL, with Redis back
+    work()
+    assert api("GET", f"/campaigns/{created['id']}").get_json()["status"] == "sent"
+    assert sorted(r for m in editions(smtp) for r in m.rcpt_tos) == sorted(readers)
 
 
 def test_schedule_later_enqueues_nothing(api):
@@ -421,7 +478,7 @@ def test_resume_of_a_campaign_that_never_started_sends_it_now(api):
 # --- test send ------------------------------------------------------------------------
 
 
-def test_test_send_arrives_with_list_unsubscribe_headers(api, smtp):
+def test_test_send_arrives_with_list_unsubscribe_headers(api, smtp, staff):
     created = api.create(subject="Grüße aus dem Labor")
     response = api("POST", f"/campaigns/{created['id']}/test", json={"to": "Staff@Example.com"})
     assert response.status_code == 200, response.get_json()
@@ -438,6 +495,17 @@ def test_test_send_arrives_with_list_unsubscribe_headers(api, smtp):
     assert db.session.get(Campaign, created["id"]).status == CampaignStatus.DRAFT
 
 
+def test_test_send_goes_only_to_a_staff_accounts_address(api, smtp, staff):
+    created = api.create()
+    path = f"/campaigns/{created['id']}/test"
+    for other in ["reader@example.com", "staff+x@example.com", "staff@example.org"]:
+        body = assert_problem(api("POST", path, json={"to": other}), 422)
+        assert pointers(body) == {"#/to"} and "staff" in body["errors"][0]["detail"]
+    assert smtp.messages == []
+    assert api("POST", path, json={"to": STAFF}).status_code == 200
+    assert [m.rcpt_tos for m in smtp.messages] == [[STAFF]]
+
+
 def test_test_send_validates_the_address(api, smtp):
     created = api.create()
     for bad in ["not-an-address", "", "a@b\r\nBcc: c@example.com", 42]:
@@ -450,7 +518,7 @@ def test_test_send_validates_the_address(api, smtp):
     assert smtp.messages == []
 
 
-def test_test_send_refused_by_the_mail_server_is_a_502(api, smtp):
+def test_test_send_refused_by_the_mail_server_is_a_502(api, smtp, staff):
     created = api.create()
     smtp.handler.replies["staff@example.com"] = "550 5.1.1 no such mailbox"
     body = assert_problem(
@@ -459,7 +527,7 @@ def test_test_send_refused_by_the_mail_server_is_a_502(api, smtp):
     assert "550" in body["detail"]
 
 
-def test_test_sends_are_rate_limited_per_token(app, api, smtp):
+def test_test_sends_are_rate_limited_per_token(app, api, smtp, staff):
     app.config["API_TEST_SEND_LIMIT"] = "2/hour"
     created = api.create()
     path = f"/campaigns/{created['id']}/test"
@@ -562,3 +630,63 @@ def test_resume_after_a_pause_sends_the_rest(api, work, smtp):
     work()
     assert api("GET", f"/campaigns/{created['id']}").get_json()["status"] == "sent"
     assert sorted(r for m in editions(smtp) for r in m.rcpt_tos) == sorted(readers)
+
+
+# --- unsafe HTML ----------------------------------------------------------------------
+
+
+def test_unsafe_html_is_cleaned_before_it_is_stored_and_benign_formatting_stays(api):
+    created = api.create(html=UNSAFE + BENIGN)
+    stored = db.session.get(Campaign, created["id"])
+    for html in [created["html"], stored.html]:
+        assert_clean(html)
+        assert_benign_kept(html)
+    assert "xss" not in stored.text and "evil.example" not in stored.text
+
+    response = api("PATCH", f"/campaigns/{created['id']}", json={"html": BENIGN + UNSAFE})
+    assert response.status_code == 200
+    db.session.refresh(stored)
+    assert_clean(stored.html)
+    assert_benign_kept(stored.html)
+
+
+def test_html_that_is_only_unsafe_is_refused(api):
+    body = assert_problem(
+        api("POST", "/campaigns", json={"subject": "S", "html": "<script>x</script>"}), 422
+    )
+    assert pointers(body) == {"#/html"}
+
+
+def test_unsafe_html_never_reaches_the_mail_server(api, work, smtp, staff):
+    readers = add_readers(2)
+    created = api.create(html=UNSAFE + BENIGN)
+    assert api("POST", f"/campaigns/{created['id']}/test", json={"to": STAFF}).status_code == 200
+    api("POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "now"})
+    work()
+    received = smtp.messages
+    assert sorted(r for m in received for r in m.rcpt_tos) == sorted([STAFF, *readers])
+    for mail in received:
+        assert_clean(mail.html)
+        assert_benign_kept(mail.html)
+        assert "xss" not in mail.text and "evil.example" not in mail.text
+
+
+def test_an_edition_stored_before_cleaning_is_cleaned_when_tested_and_scheduled(
+    api, work, smtp, staff
+):
+    readers = add_readers(1)
+    created = api.create(html=BENIGN)
+    db.session.execute(  # as an edition written before cleaning existed was stored
+        update(Campaign).where(Campaign.id == created["id"]).values(html=UNSAFE + BENIGN)
+    )
+    db.session.commit()
+    assert api("POST", f"/campaigns/{created['id']}/test", json={"to": STAFF}).status_code == 200
+    api("POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "now"})
+    stored = db.session.get(Campaign, created["id"])
+    db.session.refresh(stored)
+    assert_clean(stored.html)
+    work()
+    assert sorted(r for m in smtp.messages for r in m.rcpt_tos) == sorted([STAFF, *readers])
+    for mail in smtp.messages:
+        assert_clean(mail.html)
+        assert_benign_kept(mail.html)

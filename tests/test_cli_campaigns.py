@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from newsletter import campaigns
+from newsletter import auth, campaigns
 from newsletter.extensions import db, get_queue
 from newsletter.models import ApiToken, Campaign, CampaignStatus
 from tests.conftest import ROOT
+from tests.html_vectors import BENIGN, UNSAFE, assert_benign_kept, assert_clean
 
 HTML = "<h1>December</h1><p>Release notes and the <a href='https://example.com/f'>forum</a>.</p>"
 
@@ -114,7 +115,18 @@ def test_campaign_create_refuses_an_empty_subject(runner, html_file):
     assert db.session.scalar(select(Campaign)) is None
 
 
+def test_campaign_create_cleans_unsafe_html(runner, tmp_path):
+    path = tmp_path / "unsafe.html"
+    path.write_text(UNSAFE + BENIGN, encoding="utf-8")
+    campaign_id = create_campaign(runner, str(path))
+    stored = db.session.get(Campaign, campaign_id)
+    assert_clean(stored.html)
+    assert_benign_kept(stored.html)
+
+
 def test_campaign_test_sends_one_copy(runner, html_file, smtp):
+    auth.create_admin("marketing@example.com", "correct horse battery")
+    auth.create_admin("refuse@example.com", "correct horse battery")
     campaign_id = create_campaign(runner, html_file)
     invoke(runner, "campaign", "test", str(campaign_id), "marketing@example.com")
     [mail] = smtp.messages
@@ -122,6 +134,9 @@ def test_campaign_test_sends_one_copy(runner, html_file, smtp):
     assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     result = invoke(runner, "campaign", "test", str(campaign_id), "no-address", ok=False)
     assert "to:" in result.output
+    result = invoke(runner, "campaign", "test", str(campaign_id), "reader@example.com", ok=False)
+    assert "staff (admin) account" in result.output
+    assert smtp.to("reader@example.com") == []
     smtp.handler.replies["refuse@example.com"] = "554 5.7.1 rejected"
     result = invoke(runner, "campaign", "test", str(campaign_id), "refuse@example.com", ok=False)
     assert "did not take the test copy" in result.output
