@@ -185,6 +185,14 @@ def csrf_token(client, path: str = "/subscribe") -> str:
     return match.group(1)
 
 
+def post_signup(client, email, consent="yes", **extra):
+    """Send the sign-up form as a visitor does (with the form's CSRF token)."""
+    data = {"email": email, "csrf_token": csrf_token(client), **extra}
+    if consent:
+        data["consent"] = consent
+    return client.post("/subscribe", data=data)
+
+
 LINK = re.compile(r"https?://[^\s\"<>]+/(confirm|unsubscribe|manage)/[A-Za-z0-9_.\-]+")
 
 
