@@ -50,10 +50,20 @@ def smtp_form(email: str) -> str:
     return result.ascii_email or result.normalized
 
 
+# Gmail ignores dots in the local part and delivers googlemail.com to the same inbox.
+GMAIL_DOMAINS = {"gmail.com", "googlemail.com"}
+
+
 def mailbox_key(email: str) -> str:
-    """A keyed hash of the mailbox; ``+tag`` variants of one mailbox share it."""
+    """A keyed hash of the inbox an address reaches, for rate limits only.
+
+    ``+tag`` variants share it, and so do Gmail's dotted and ``googlemail.com`` spellings
+    of one account; the address we store and send to stays as the visitor typed it.
+    """
     local, _, domain = email.lower().rpartition("@")
     local = local.split("+", 1)[0]
+    if domain in GMAIL_DOMAINS:
+        local, domain = local.replace(".", ""), "gmail.com"
     message = f"{local}@{domain}".encode()
     digest = hmac.new(current_app.config["SECRET_KEY"].encode(), message, hashlib.sha256)
     return digest.hexdigest()[:32]

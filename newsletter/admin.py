@@ -26,7 +26,7 @@ from flask import (
 )
 from sqlalchemy import func, select
 
-from newsletter import auth, campaigns, editor, stats, subscriptions
+from newsletter import auth, campaigns, editor, jobs, stats, subscriptions
 from newsletter.extensions import db, limiter
 from newsletter.models import Campaign, CampaignStatus, Subscriber, utcnow
 from newsletter.slots import MonthlySlot
@@ -153,6 +153,13 @@ def subscriber_history(months: int = DASHBOARD_MONTHS) -> list[dict]:
     return rows
 
 
+def failed_confirmations() -> int:
+    """Confirmation mails given up this month: the receiving server refused them."""
+    month = _last_months(1)[0]
+    counts = stats.monthly([jobs.CONFIRMATION_FAILED]).get(month, {})
+    return counts.get(jobs.CONFIRMATION_FAILED, 0)
+
+
 def _campaign_for(moment: datetime) -> Campaign | None:
     return db.session.scalar(
         select(Campaign).where(
@@ -170,6 +177,7 @@ def dashboard():
         "admin/dashboard.html",
         subscribers=db.session.scalar(select(func.count(Subscriber.id))) or 0,
         history=subscriber_history(),
+        failed_confirmations=failed_confirmations(),
         next_slot=next_slot,
         slot_rule=str(_slot()),
         slot_campaign=_campaign_for(next_slot),

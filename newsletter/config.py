@@ -241,6 +241,14 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "SEND_RETRY_ATTEMPTS": _int(
             "SEND_RETRY_ATTEMPTS", env.get("SEND_RETRY_ATTEMPTS", "5"), minimum=1
         ),
+        # A confirmation mail refused with 4xx is tried CONFIRM_RETRY_ATTEMPTS times in all,
+        # CONFIRM_RETRY_DELAY apart, doubling each time; then the sign-up is given up.
+        "CONFIRM_RETRY_DELAY": parse_duration(
+            "CONFIRM_RETRY_DELAY", env.get("CONFIRM_RETRY_DELAY", "1m")
+        ),
+        "CONFIRM_RETRY_ATTEMPTS": _int(
+            "CONFIRM_RETRY_ATTEMPTS", env.get("CONFIRM_RETRY_ATTEMPTS", "5"), minimum=1
+        ),
         "TICK_INTERVAL": parse_duration("TICK_INTERVAL", env.get("TICK_INTERVAL", "15s")),
         "SMTP_TIMEOUT": _float("SMTP_TIMEOUT", env.get("SMTP_TIMEOUT", "30")),
         "MONTHLY_SLOT": slot,

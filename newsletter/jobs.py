@@ -13,7 +13,8 @@ import logging
 import traceback
 from datetime import timedelta
 
-from rq import Queue, Retry
+from flask import current_app
+from rq import Queue, Retry, get_current_job
 from rq.exceptions import DuplicateJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import select
@@ -99,21 +100,60 @@ class MailNotSent(Exception):
     """SMTP refused or failed; the message names ids only (RQ keeps it with the failed job)."""
 
 
+class MailRefused(MailNotSent):
+    """The server refused this recipient (RCPT TO) or this message (DATA)."""
+
+    def __init__(self, what: str, code: int) -> None:
+        super().__init__(f"{what}: SMTP refused the message ({code})")
+        self.code = code
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
 # --- sign-up ---------------------------------------------------------------------------
 
 
 MAIL_RETRY = Retry(max=3, interval=[10, 60, 300])
 
+# The tally of confirmation mails given up; the admin dashboard shows it.
+CONFIRMATION_FAILED = "confirmation_failed"
+
+
+def confirmation_retry() -> Retry | None:
+    """CONFIRM_RETRY_ATTEMPTS tries in all, CONFIRM_RETRY_DELAY apart, doubling each time."""
+    attempts = current_app.config["CONFIRM_RETRY_ATTEMPTS"]
+    delay = current_app.config["CONFIRM_RETRY_DELAY"]
+    if attempts < 2:
+        return None
+    return Retry(max=attempts - 1, interval=[delay * 2**n for n in range(attempts - 1)])
+
 
 def enqueue_confirmation(pending_id: int):
     return enqueue(
-        "mail", send_confirmation, pending_id, job_id=f"confirm-{pending_id}", retry=MAIL_RETRY
+        "mail",
+        send_confirmation,
+        pending_id,
+        job_id=f"confirm-{pending_id}",
+        retry=confirmation_retry(),
     )
+
+
+def _last_attempt() -> bool:
+    current = get_current_job()
+    return current is None or not current.retries_left
 
 
 @job
 def send_confirmation(pending_id: int) -> None:
-    """Mail the confirmation link of a pending sign-up or address change, once."""
+    """Mail the confirmation link of a pending sign-up or address change, once.
+
+    A refusal of the recipient or the message ends the pending sign-up: at once when it is
+    permanent (5xx), after the last of RQ's retries when it is temporary (4xx). Anything
+    else (the relay unreachable, our login or sender refused) concerns every mail, not
+    this one: the job fails and the tick enqueues it again until the sign-up expires.
+    """
     from newsletter import mailing, subscriptions, tokens
     from newsletter.models import PendingPurpose, PendingSignup, Subscriber, utcnow
 
@@ -136,16 +176,44 @@ def send_confirmation(pending_id: int) -> None:
         mail = mailing.confirmation_mail(pending.email, link)
     else:
         mail = mailing.change_address_mail(pending.email, link)
-    send_or_explain(mail, f"sign-up {pending_id}")
+    try:
+        send_or_explain(mail, f"sign-up {pending_id}")
+    except MailRefused as refusal:
+        if not (refusal.permanent or _last_attempt()):
+            raise  # RQ tries again after its backoff
+        give_up_confirmation(pending, refusal.code)
+        return
     pending.mail_sent_at = utcnow()
     db.session.commit()
     log.info("sign-up %s: confirmation mail sent", pending_id)
+
+
+def give_up_confirmation(pending, code: int) -> None:
+    """Delete a pending sign-up whose confirmation mail cannot be delivered, and count it.
+
+    Deleting (there is no column to mark it) keeps the tick from enqueueing it again and
+    drops an address we cannot use anyway; the visitor can simply sign up again. An
+    address change goes the same way: the subscriber keeps the old address.
+    """
+    from newsletter import stats, subscriptions
+
+    pending_id, subscriber_id = pending.id, pending.subscriber_id
+    db.session.delete(pending)
+    stats.tally(CONFIRMATION_FAILED)
+    db.session.commit()
+    subscriptions.erase_traces()
+    owner = f" (subscriber {subscriber_id})" if subscriber_id is not None else ""
+    log.warning(
+        "sign-up %s%s: SMTP refused the confirmation mail (%s); given up", pending_id, owner, code
+    )
 
 
 def send_or_explain(mail, what: str) -> None:
     """Send one transactional mail; on failure raise an error that names no address.
 
     smtplib's exceptions quote the recipient, and RQ stores and logs exception texts.
+    A refusal at RCPT TO or DATA is MailRefused; one at MAIL FROM or the login is about
+    our side, as are connection failures: plain MailNotSent.
     """
     import smtplib
 
@@ -153,11 +221,13 @@ def send_or_explain(mail, what: str) -> None:
 
     try:
         smtp.send(mail)
+    except smtplib.SMTPDataError as exc:
+        raise MailRefused(what, exc.smtp_code) from None
     except smtplib.SMTPResponseException as exc:
         raise MailNotSent(f"{what}: SMTP answered {exc.smtp_code}") from None
     except smtplib.SMTPRecipientsRefused as exc:
-        codes = sorted({code for code, _ in exc.recipients.values()})
-        raise MailNotSent(f"{what}: SMTP refused the recipient ({codes})") from None
+        code = min(code for code, _ in exc.recipients.values())  # one recipient, in fact
+        raise MailRefused(what, code) from None
     except (smtplib.SMTPException, OSError) as exc:
         raise MailNotSent(f"{what}: {type(exc).__name__}") from None
 

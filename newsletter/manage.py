@@ -10,7 +10,7 @@ from flask import Blueprint, Flask, Response, current_app, render_template, requ
 
 from newsletter import addresses, security, subscriptions, tokens
 from newsletter.extensions import limiter
-from newsletter.public import signup_address_key
+from newsletter.public import CONFIRMATION_SCOPE, confirmation_limit_per_ip, mailbox_limit_spent
 
 bp = Blueprint("manage", __name__)
 
@@ -60,8 +60,9 @@ def manage_request():
 
 @bp.post("/manage")
 @limiter.limit(lambda: current_app.config["MANAGE_LIMIT_PER_IP"])
-@limiter.limit(lambda: current_app.config["MANAGE_LIMIT_PER_ADDRESS"], key_func=signup_address_key)
 def send_link():
+    if mailbox_limit_spent("MANAGE_LIMIT_PER_ADDRESS", "manage-link"):
+        return render_template("public/manage_sent.html")
     email = request.form.get("email", "")
     try:
         subscriptions.request_manage_link(email)
@@ -132,8 +133,12 @@ def export(subscriber, token: str):
 
 
 @bp.post("/manage/<token>/email")
+@confirmation_limit_per_ip
 @with_subscriber
 def change_email(subscriber, token: str):
+    """Mail a confirmation link to the new address, within the limits of sign-up."""
+    if mailbox_limit_spent("SIGNUP_LIMIT_PER_ADDRESS", CONFIRMATION_SCOPE):
+        return render_template("public/manage_email_sent.html", token=token)
     email = request.form.get("email", "")
     try:
         subscriptions.request_address_change(subscriber, email)

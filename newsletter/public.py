@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import limits
 from flask import Blueprint, current_app, render_template, request
 from sqlalchemy import text
 
@@ -14,13 +15,35 @@ HONEYPOT_FIELD = "website"
 
 
 def signup_address_key() -> str:
-    """Rate-limit key for the target mailbox: a keyed hash, ``+tag`` variants counted as one."""
+    """Rate-limit key for the form's target inbox: a keyed hash (``addresses.mailbox_key``)."""
     raw = request.form.get("email", "")
     try:
         email = addresses.normalize(raw, check_deliverability=False)
     except addresses.InvalidAddress:
         email = raw.strip().lower()[:254]
     return "addr:" + addresses.mailbox_key(email)
+
+
+# Sign-ups and address changes both mail a confirmation link to the address in the form:
+# they share one per-IP and one per-mailbox counter.
+CONFIRMATION_SCOPE = "confirmation-mail"
+
+confirmation_limit_per_ip = limiter.shared_limit(
+    lambda: current_app.config["SIGNUP_LIMIT_PER_IP"], scope=CONFIRMATION_SCOPE
+)
+
+
+def mailbox_limit_spent(setting: str, scope: str) -> bool:
+    """Count this request against the limit on the form's mailbox; say if it is spent.
+
+    A spent limit must not change the answer: a 429 would tell anybody that somebody
+    asked for this address lately. So the view shows its usual page and sends nothing.
+    """
+    key = signup_address_key()
+    return not all(
+        limiter.limiter.hit(item, key, scope)
+        for item in limits.parse_many(current_app.config[setting])
+    )
 
 
 def _signup_form(errors=None, email="", status=200):
@@ -42,12 +65,13 @@ def subscribe_form():
 
 
 @bp.post("/subscribe")
-@limiter.limit(lambda: current_app.config["SIGNUP_LIMIT_PER_IP"])
-@limiter.limit(lambda: current_app.config["SIGNUP_LIMIT_PER_ADDRESS"], key_func=signup_address_key)
+@confirmation_limit_per_ip
 def subscribe():
     email = request.form.get("email", "")
     if request.form.get(HONEYPOT_FIELD):
         # A bot filled the hidden field: it gets the same page as everyone, and no mail.
+        return render_template("public/check_inbox.html")
+    if mailbox_limit_spent("SIGNUP_LIMIT_PER_ADDRESS", CONFIRMATION_SCOPE):
         return render_template("public/check_inbox.html")
     try:
         subscriptions.request_signup(

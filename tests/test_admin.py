@@ -13,7 +13,7 @@ from newsletter import auth, campaigns, consent
 from newsletter.admin import localtime
 from newsletter.extensions import db
 from newsletter.models import AdminUser, Campaign, CampaignStatus, Subscriber, Tally, utcnow
-from tests.conftest import PASSWORD, STAFF, csrf_token, log_in
+from tests.conftest import PASSWORD, STAFF, csrf_token, log_in, post_signup
 from tests.html_vectors import BENIGN, UNSAFE, assert_benign_kept, assert_clean
 
 
@@ -269,6 +269,17 @@ def test_dashboard_shows_counts_the_next_slot_and_recent_campaigns(admin, app):
     assert re.search(
         r'id="slot-state">Scheduled: <a href="/admin/campaigns/\d+">November edition', page
     )
+
+
+def test_dashboard_counts_confirmation_mails_given_up(admin, app, work, smtp):
+    page = admin.get("/admin/").get_data(as_text=True)
+    assert 'id="confirmation-failed">0<' in page
+    smtp.handler.rcpt_replies["nobody.home@example.com"] = "550 5.1.1 no such user"
+    assert post_signup(admin, "nobody.home@example.com").status_code == 200
+    work()
+    page = admin.get("/admin/").get_data(as_text=True)
+    assert 'id="confirmation-failed">1<' in page
+    assert "nobody.home" not in page
 
 
 # --- campaigns -------------------------------------------------------------------------

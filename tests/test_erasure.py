@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import logging
 import threading
 import zlib
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from newsletter.models import (
     Subscriber,
     utcnow,
 )
-from tests.conftest import csrf_token, link_in, path_of
+from tests.conftest import csrf_token, link_in, path_of, service_log
 
 ADDRESS = "Erase.Me.4711@Example.com"
 NEW_ADDRESS = "moved.away.4711@example.com"
@@ -73,15 +72,6 @@ def gmail_post(port: int, path: str) -> tuple[int, dict, bytes]:
         return response.status, dict(response.getheaders()), response.read()
     finally:
         connection.close()
-
-
-@pytest.fixture
-def logs(caplog):
-    """Capture everything logged at DEBUG and up, by our code, werkzeug and RQ."""
-    caplog.set_level(logging.DEBUG)
-    for name in ("newsletter", "werkzeug", "rq", "rq.worker", "rq.queue", "rq.job"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    return caplog
 
 
 def reader_with_everything(app, client, work, smtp, subscribed) -> tuple[int, str]:
@@ -208,10 +198,7 @@ def test_erasure_leaves_no_trace_in_tables_redis_or_logs(
     assert_absent(redis_dump(), "Redis")
     assert any(k.startswith(b"rq:") for k in get_redis().keys("*")), "Redis check saw no jobs"
 
-    # The test's own SMTP server (aiosmtpd, logger "mail.log") logs what it receives;
-    # it stands for the recipient's mail server, not for us.
-    ours = [r for r in logs.records if not r.name.startswith("mail.log")]
-    logged = "\n".join(f"{r.name} {r.getMessage()} {logs.handler.format(r)}" for r in ours).encode()
+    logged = service_log(logs).encode()
     assert_absent(logged, "the logs")
     assert f"subscriber {reader_id} erased" in logs.text
     if route == "one-click":
