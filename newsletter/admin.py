@@ -7,9 +7,8 @@ staff login (see ``auth``), every form a CSRF token (enforced for all POSTs).
 from __future__ import annotations
 
 import json
-import smtplib
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from datetime import datetime
+from zoneinfo import ZoneInfo, available_timezones
 
 from flask import (
     Blueprint,
@@ -26,7 +25,7 @@ from flask import (
 )
 from sqlalchemy import func, select
 
-from newsletter import auth, campaigns, editor, jobs, stats, subscriptions
+from newsletter import auth, campaigns, editor, jobs, slots, stats, subscriptions
 from newsletter.extensions import db, limiter
 from newsletter.models import Campaign, CampaignStatus, Subscriber, utcnow
 from newsletter.slots import MonthlySlot
@@ -322,39 +321,11 @@ def send_test(campaign_id: int):
         campaigns.send_test(found.id, g.admin.email)
     except campaigns.Invalid as exc:
         flash(f"The test could not be sent: {exc}", "alert")
-    except (smtplib.SMTPException, OSError) as exc:  # the mail server said no, or is away
-        current_app.logger.warning(
-            "campaign %s: test copy failed: %s", found.id, type(exc).__name__
-        )
-        flash("The mail server did not accept the test copy. Please try again later.", "alert")
+    except campaigns.CopyNotSent as exc:
+        flash(f"{exc} Please try again later.", "alert")
     else:
         flash(f"A test copy is on its way to {g.admin.email}.", "notice")
     return redirect(url_for("admin.campaign", campaign_id=found.id))
-
-
-def parse_local_time(value: str, zone_name: str) -> datetime:
-    """Read a ``datetime-local`` value in ``zone_name`` as an aware datetime.
-
-    Raises ValueError with a message for staff: for a bad value, an unknown zone, or a
-    wall time that does not exist there (skipped by a daylight-saving change).
-    """
-    try:
-        zone = ZoneInfo(zone_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError("Choose a time zone from the list.") from None
-    try:
-        naive = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError("Enter a date and time, e.g. 2026-12-01 10:00.") from None
-    if naive.tzinfo is not None:
-        raise ValueError("Enter the time without an offset and choose its zone.")
-    local = naive.replace(tzinfo=zone)
-    if local.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
-        raise ValueError(
-            f"{naive:%H:%M} does not exist on {naive:%d %b %Y} in {zone.key} "
-            "(the clocks skip it); choose another time."
-        )
-    return local
 
 
 @bp.post("/campaigns/<int:campaign_id>/schedule")
@@ -369,7 +340,7 @@ def schedule(campaign_id: int):
         if when == "now":
             send_at = "now"
         elif when == "at":
-            send_at = parse_local_time(send_at_local, zone)
+            send_at = slots.parse_local_time(send_at_local, zone)
         else:
             send_at = None
         scheduled, note = campaigns.schedule_and_start(found.id, send_at)

@@ -8,6 +8,7 @@ second marketer ends in a clear WrongState instead of a lost update.
 from __future__ import annotations
 
 import logging
+import smtplib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -67,6 +68,10 @@ class WrongState(CampaignError):
         )
         self.campaign = campaign
         self.status = campaign.status
+
+
+class CopyNotSent(CampaignError):
+    """The mail server did not take a test copy; the message names no address."""
 
 
 @dataclass
@@ -375,9 +380,8 @@ def send_test(campaign_id: int, to: str) -> None:
     """Send one copy now to a staff account's address; its unsubscribe link leads nowhere.
 
     Any other address is refused (Invalid, field ``to``): a token or a login must not turn
-    the service into a mailer to anyone. SMTP errors (``smtplib.SMTPException``,
-    ``OSError``) propagate: the caller tells the marketer that the mail server did not
-    take the copy.
+    the service into a mailer to anyone. When the mail server does not take the copy,
+    CopyNotSent says why, in words that quote no address.
     """
     from newsletter import mailing, smtp
 
@@ -391,8 +395,22 @@ def send_test(campaign_id: int, to: str) -> None:
     html = sanitizer.clean(campaign.html)  # also for a draft stored before cleaning existed
     template = mailing.edition_template(campaign.subject, html, campaign.text)
     unsubscribe_url = current_app.config["PUBLIC_URL"] + TEST_COPY_PATH
-    smtp.send(template.render(address, {"unsubscribe_url": unsubscribe_url}))
+    try:
+        smtp.send(template.render(address, {"unsubscribe_url": unsubscribe_url}))
+    except (smtplib.SMTPException, OSError) as exc:
+        why = _why_not_taken(exc)
+        log.warning("campaign %s: test copy not sent: %s", campaign_id, why)
+        raise CopyNotSent(f"The mail server did not take the test copy: {why}.") from None
     log.info("campaign %s: test copy sent", campaign_id)
+
+
+def _why_not_taken(error: Exception) -> str:
+    """Say what the mail server did, without its reply text (it may quote the address)."""
+    if isinstance(error, smtplib.SMTPResponseException):
+        return f"it answered {error.smtp_code}"
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        return f"it refused the address ({sorted({c for c, _ in error.recipients.values()})})"
+    return f"it could not be reached ({type(error).__name__})"
 
 
 def totals(campaign: Campaign) -> dict[str, int]:

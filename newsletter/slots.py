@@ -9,7 +9,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "last": -1}
@@ -97,13 +97,49 @@ class MonthlySlot:
         return f"{when} {self.at:%H:%M} {self.zone.key}"
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+def parse_send_at(value) -> datetime | str | None:
+    """Read a send time as the API and the CLI take it.
+
+    ``None`` (the next monthly slot), ``"now"``, or ISO 8601 with a UTC offset. Raises
+    ValueError with a message for the person who typed it.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError('Give an ISO 8601 time with offset, or "now".')
+    if value.strip().lower() == "now":
+        return "now"
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(
+            'Not an ISO 8601 time; write e.g. "2026-12-01T10:00:00+01:00" or "now".'
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError("The time has no UTC offset; add one, e.g. +01:00 or Z.")
+    return moment
 
 
-def as_utc(moment: datetime) -> datetime:
-    """Treat naive datetimes read back from SQLite as UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+def parse_local_time(value: str, zone_name: str) -> datetime:
+    """Read a wall-clock time (a form's ``datetime-local``) in ``zone_name`` as aware.
 
-
-__all__ = ["MonthlySlot", "utcnow", "as_utc", "timedelta"]
+    Raises ValueError with a message for staff: for a bad value, an unknown zone, or a
+    wall time that does not exist there (skipped by a daylight-saving change).
+    """
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("Choose a time zone from the list.") from None
+    try:
+        naive = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("Enter a date and time, e.g. 2026-12-01 10:00.") from None
+    if naive.tzinfo is not None:
+        raise ValueError("Enter the time without an offset and choose its zone.")
+    local = naive.replace(tzinfo=zone)
+    if local.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
+        raise ValueError(
+            f"{naive:%H:%M} does not exist on {naive:%d %b %Y} in {zone.key} "
+            "(the clocks skip it); choose another time."
+        )
+    return local
