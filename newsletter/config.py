@@ -205,7 +205,9 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "SECRET_KEY_FALLBACKS": _csv(env.get("SECRET_KEY_FALLBACKS", "")) or None,
         "SQLALCHEMY_DATABASE_URI": database_url,
         # SQL parameters hold addresses: keep them out of exception texts (and so logs).
-        "SQLALCHEMY_ENGINE_OPTIONS": {"hide_parameters": True},
+        # A pooled connection may have died with a database restart: test it before use,
+        # so the first request afterwards gets a fresh one instead of an error.
+        "SQLALCHEMY_ENGINE_OPTIONS": {"hide_parameters": True, "pool_pre_ping": True},
         "REDIS_URL": redis_url,
         "PUBLIC_URL": public_url,
         "TRUSTED_HOSTS": _csv(env.get("TRUSTED_HOSTS", "")) or None,
