@@ -49,6 +49,11 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
         raise SystemExit(3) from None
     if test_config:
         app.config.update(test_config)
+    if app.config["USING_MAKE_RUN_SETTINGS"]:
+        print(
+            f"newsletter: using the development settings of the `make run` on {app.instance_path}",
+            file=sys.stderr,
+        )
 
     redis_url = app.config["REDIS_URL"]
     embedded = not redis_url

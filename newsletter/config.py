@@ -5,6 +5,7 @@ This is the only module that reads ``os.environ``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from email.header import Header
@@ -152,9 +153,52 @@ def process_environ() -> dict[str, str]:
     return dict(os.environ)
 
 
+# ``make run`` writes its settings here while it runs (and holds the lock beside them), so
+# that the CLI in another shell finds the same instance in development mode by itself.
+MAKE_RUN_SETTINGS = "make-run.env"
+MAKE_RUN_LOCK = "make-run.lock"
+
+
+def make_run_is_running(instance_path: str | os.PathLike) -> bool:
+    """Whether a ``make run`` holds the lock of this instance folder right now."""
+    lock_file = Path(instance_path) / MAKE_RUN_LOCK
+    if not lock_file.exists():
+        return False
+    with open(lock_file) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
+
+
+def make_run_settings(instance_path: str | os.PathLike) -> dict[str, str]:
+    """The settings of the ``make run`` running on this instance folder, or ``{}``."""
+    settings_file = Path(instance_path) / MAKE_RUN_SETTINGS
+    if not settings_file.exists() or not make_run_is_running(instance_path):
+        return {}
+    settings = {}
+    for line in settings_file.read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name.strip():
+            settings[name.strip()] = value.strip()
+    return settings
+
+
 def load(environ: dict[str, str] | None = None, instance_path: str = "instance") -> dict:
-    """Build the Flask config from the environment; raise ConfigError with a clear message."""
+    """Build the Flask config from the environment; raise ConfigError with a clear message.
+
+    In a shell that set neither NEWSLETTER_ENV nor SECRET_KEY, next to a running
+    ``make run`` on the same instance folder, its settings apply (development mode):
+    ``flask --app newsletter admin create ...`` then works without any variable.
+    """
     env = dict(os.environ if environ is None else environ)
+    borrowed = False
+    if not env.get("NEWSLETTER_ENV") and not env.get("SECRET_KEY"):
+        dev = make_run_settings(instance_path)
+        borrowed = bool(dev)
+        env = {**dev, **env}
     mode = env.get("NEWSLETTER_ENV", "production").strip().lower()
     if mode not in {"production", "development", "testing"}:
         raise ConfigError("NEWSLETTER_ENV must be production, development or testing")
@@ -276,6 +320,7 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "MAX_FORM_MEMORY_SIZE": 64 * 1024,
         "WTF_CSRF_TIME_LIMIT": None,
         "TESTING": mode == "testing",
+        "USING_MAKE_RUN_SETTINGS": borrowed,
     }
     try:
         ZoneInfo("Europe/Berlin")

@@ -13,6 +13,8 @@ are used instead of the embedded defaults.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import os
 import signal
 import socket
@@ -23,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TextIO
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Mailbox
@@ -73,8 +76,8 @@ def choose_ports(env: dict[str, str]) -> tuple[int, int]:
     port = _port("PORT", env.get("PORT") or str(DEFAULT_PORT))
     if not port_is_free(port):
         raise StartupError(
-            f"port {port} is in use (another `make run`?). "
-            "Stop it, or choose another port: PORT=5001 make run"
+            f"port {port} is in use (another `make run`?). Stop it, or choose another port: "
+            "PORT=5001 make run (a second copy also needs its own NEWSLETTER_INSTANCE folder)"
         )
     if env.get("OUTBOX_PORT"):
         outbox_port = _port("OUTBOX_PORT", env["OUTBOX_PORT"])
@@ -108,11 +111,67 @@ def start_outbox(folder: Path, port: int) -> Controller:
     return controller
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when ``make run`` dies, even by SIGKILL (Linux prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
     # Its own process group: Ctrl-C reaches only us, and we stop the children in order
     # (a worker that got SIGINT from the terminal and then our SIGTERM would kill its job).
     say(f"starting the {name}")
-    return subprocess.Popen(args, env=env, cwd=str(ROOT), process_group=0)
+    return subprocess.Popen(
+        args, env=env, cwd=str(ROOT), process_group=0, preexec_fn=_die_with_parent
+    )
+
+
+def hold_instance(instance: Path) -> TextIO:
+    """Take the instance folder's lock for as long as this run lives; refuse a second run.
+
+    Two copies on one folder would share (and stop) one embedded Redis and one database.
+    """
+    lock = open(instance / config.MAKE_RUN_LOCK, "a+")  # held until this run ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "?"
+        lock.close()
+        raise StartupError(
+            f"another `make run` (pid {owner}) is using the instance folder {instance}. "
+            "Stop it first, or give a second copy its own folder and port: "
+            "NEWSLETTER_INSTANCE=instance2 PORT=5001 make run"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+# What the CLI in another shell needs to reach this run (config.make_run_settings).
+_SHARED_SETTINGS = (
+    "NEWSLETTER_ENV",
+    "PUBLIC_URL",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "MAIL_SERVER",
+    "MAIL_PORT",
+    "DEV_OUTBOX_DIR",
+)
+
+
+def write_settings(instance: Path, env: dict[str, str]) -> Path:
+    path = instance / config.MAKE_RUN_SETTINGS
+    lines = [f"{name}={env[name]}" for name in _SHARED_SETTINGS if env.get(name)]
+    path.write_text(
+        "# Written by `make run` while it runs; removed when it stops.\n" + "\n".join(lines) + "\n"
+    )
+    return path
 
 
 def stop_child(name: str, process: subprocess.Popen) -> None:
@@ -174,6 +233,15 @@ def banner(public_url: str, outbox_port: int, outbox: Path, database: str) -> st
 def run(env: dict[str, str], stop: threading.Event) -> int:
     instance = Path(env.get("NEWSLETTER_INSTANCE") or ROOT / "instance").resolve()
     instance.mkdir(parents=True, exist_ok=True)
+    lock = hold_instance(instance)
+    try:
+        return _run(instance, env, stop)
+    finally:
+        (instance / config.MAKE_RUN_SETTINGS).unlink(missing_ok=True)
+        lock.close()
+
+
+def _run(instance: Path, env: dict[str, str], stop: threading.Event) -> int:
     port, outbox_port = choose_ports(env)
     outbox = instance / "outbox"
     public_url = f"http://{HOST}:{port}"
@@ -226,6 +294,7 @@ def run(env: dict[str, str], stop: threading.Event) -> int:
         wait_until_healthy(f"{public_url}/healthz", children, stop)
         if stop.is_set():
             return 0
+        write_settings(instance, env)
         database = env.get("DATABASE_URL") or str(instance / "newsletter.db")
         print(banner(public_url, outbox_port, outbox, database), flush=True)
         while not stop.wait(0.5):
@@ -238,14 +307,25 @@ def run(env: dict[str, str], stop: threading.Event) -> int:
     return 0
 
 
+def watch_parent(stop: threading.Event) -> None:
+    """Stop when our parent (``make``, a shell) goes away without a signal reaching us."""
+    parent = os.getppid()
+    while not stop.wait(0.5):
+        if os.getppid() != parent:
+            say("the parent process is gone; stopping")
+            stop.set()
+
+
 def main() -> int:
     stop = threading.Event()
 
     def request_stop(signum, frame) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    # Ctrl-C, a kill, and a closed terminal (SIGHUP) all stop everything we started.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, request_stop)
+    threading.Thread(target=watch_parent, args=(stop,), daemon=True, name="parent").start()
     try:
         return run(config.process_environ(), stop)
     except StartupError as exc:

@@ -100,8 +100,8 @@ class Browser:
         return self.open(url, {**form, "csrf_token": match.group(1)})
 
 
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid``, from /proc."""
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -112,6 +112,12 @@ def descendants(pid: int) -> set[int]:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``."""
+    children = _children_by_parent()
     found: set[int] = set()
     todo = [pid]
     while todo:
@@ -120,6 +126,10 @@ def descendants(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def direct_children(pid: int) -> set[int]:
+    return set(_children_by_parent().get(pid, []))
 
 
 def alive(pid: int) -> bool:
@@ -239,3 +249,170 @@ def test_make_run_refuses_a_busy_port_and_starts_nothing(tmp_path):
     assert "PORT=5001 make run" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert not embedded_redis.socket_path(instance).exists()
+
+
+class MakeRun:
+    """``make run`` (python -m newsletter.devserver) in its own process group, with its log."""
+
+    def __init__(self, tmp_path: Path, name: str = "run", parent_shell: bool = False) -> None:
+        self.instance = tmp_path / "instance"
+        self.port = free_port()
+        self.log = tmp_path / f"{name}.log"
+        self.environ = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", str(tmp_path)),
+            "NEWSLETTER_INSTANCE": str(self.instance),
+            "PORT": str(self.port),
+            "OUTBOX_PORT": str(free_port()),
+        }
+        command = [sys.executable, "-m", "newsletter.devserver"]
+        if parent_shell:  # like make: a parent that can die without passing a signal on
+            command = ["sh", "-c", f"{sys.executable} -m newsletter.devserver & wait"]
+        with self.log.open("w") as output:
+            self.process = subprocess.Popen(
+                command,
+                cwd=str(ROOT),
+                env=self.environ,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+            )
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def wait_until_up(self) -> set[int]:
+        """Wait for the banner; return the pids of everything it started."""
+        wait_for(
+            lambda: f"{self.base}/dev/outbox" in self.log.read_text(),
+            90,
+            "make run did not come up",
+            self.log,
+        )
+        pids = descendants(self.process.pid)
+        pids.add(int((self.instance / "redis.pid").read_text()))
+        return pids
+
+    def pid_of_redis(self) -> str:
+        return (self.instance / "redis.pid").read_text()
+
+    def stop(self, pids: set[int]) -> None:
+        pids |= descendants(self.process.pid) if self.process.poll() is None else set()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        embedded_redis.stop(self.instance)
+
+
+@pytest.mark.parametrize("how", ["sighup", "parent-killed"])
+def test_make_run_stops_everything_when_the_terminal_closes_or_its_parent_dies(tmp_path, how):
+    run = MakeRun(tmp_path, parent_shell=how == "parent-killed")
+    pids: set[int] = set()
+    try:
+        pids = run.wait_until_up()
+        assert len(pids) >= 4, "expected the server, its worker, web server and Redis"
+        if how == "sighup":
+            run.process.send_signal(signal.SIGHUP)
+        else:
+            run.process.kill()  # the shell standing in for make, SIGKILLed: no signal passed on
+        wait_for(
+            lambda: not [pid for pid in pids if alive(pid)],
+            60,
+            f"processes left running: {[pid for pid in pids if alive(pid)]}",
+            run.log,
+        )
+        assert not embedded_redis.socket_path(run.instance).exists()
+        assert port_is_free_now(run.port), "the web port is still taken"
+    finally:
+        run.stop(pids)
+
+
+def port_is_free_now(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_a_second_make_run_on_the_same_instance_is_refused_and_the_first_keeps_running(tmp_path):
+    first = MakeRun(tmp_path)
+    pids: set[int] = set()
+    try:
+        pids = first.wait_until_up()
+        second = subprocess.run(
+            [sys.executable, "-m", "newsletter.devserver"],
+            cwd=str(ROOT),
+            env={**first.environ, "PORT": str(free_port()), "OUTBOX_PORT": str(free_port())},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert f"another `make run` (pid {first.process.pid})" in second.stdout
+        assert "NEWSLETTER_INSTANCE=" in second.stdout
+        # The worker and the web server (transient work horses come and go) and Redis.
+        lasting = direct_children(first.process.pid) | {int(first.pid_of_redis())}
+        assert all(alive(pid) for pid in lasting), "the refused copy touched the first one"
+        assert lasting <= pids
+        assert Browser(first.base).open("/healthz")[0] == 200
+    finally:
+        first.stop(pids)
+
+
+def test_the_cli_next_to_make_run_needs_no_settings(tmp_path):
+    run = MakeRun(tmp_path)
+    pids: set[int] = set()
+    # A fresh shell: nothing but PATH and HOME, and (only because this test's instance
+    # folder is not ./instance) where the instance is.
+    shell = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": run.environ["HOME"],
+        "NEWSLETTER_INSTANCE": str(run.instance),
+    }
+    try:
+        pids = run.wait_until_up()
+        created = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flask",
+                "--app",
+                "newsletter",
+                "admin",
+                "create",
+                "staff@example.com",
+                "--password-stdin",
+            ],
+            cwd=str(ROOT),
+            env=shell,
+            input="a long enough password\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        assert f"{run.base}/admin/login" in created.stdout
+        assert "development settings of the `make run`" in created.stderr
+        status, page = Browser(run.base).submit(
+            "/admin/login", {"email": "staff@example.com", "password": "a long enough password"}
+        )
+        assert status == 200 and "Log out" in page, "the account is not in make run's database"
+    finally:
+        run.stop(pids)
+    after = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "newsletter", "admin", "list"],
+        cwd=str(ROOT),
+        env=shell,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert after.returncode != 0 and "SECRET_KEY" in after.stderr, "stale settings were used"
