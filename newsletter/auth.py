@@ -30,9 +30,15 @@ log = logging.getLogger(__name__)
 MIN_PASSWORD_LENGTH = 12
 
 _hasher = PasswordHasher()
+
+
 # Verified against when the address is unknown, so that a wrong address costs as much
 # time as a wrong password and the answer time does not tell which accounts exist.
-_DUMMY_HASH = _hasher.hash("not-a-password-of-anyone")
+# Made on first use, not at import: hashing costs 64 MiB of memory (Argon2id's default),
+# which every worker process would otherwise pay without ever checking a password.
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash("not-a-password-of-anyone")
 
 
 class AccountError(ValueError):
@@ -133,11 +139,11 @@ def authenticate(email: str, password: str) -> AdminUser | None:
     """
     user = _find(email)
     if user is None:
-        _verify(_DUMMY_HASH, password)
+        _verify(_dummy_hash(), password)
         return None
     now = utcnow()
     if user.locked_until is not None and user.locked_until > now:
-        _verify(_DUMMY_HASH, password)
+        _verify(_dummy_hash(), password)
         return None
     if not _verify(user.password_hash, password):
         _record_failure(user.id)

@@ -27,3 +27,30 @@ def test_worker_process_sends_the_confirmation_and_logs_no_address(app, client, 
     assert "confirm-" in logs  # the worker did log the job, by id
     assert "worker.reader" not in logs
     assert db.session.scalar(select(PendingSignup.mail_sent_at)) is not None
+
+
+def test_a_worker_process_does_not_pay_for_password_hashing(base_environ):
+    """Argon2id's 64 MiB are for checking staff passwords, which a worker never does."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    probe = (
+        "import worker\n"
+        "from newsletter import create_app\n"
+        "create_app()\n"
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, **base_environ, "PYTHONPATH": str(ROOT)},
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    peak_mib = int(result.stdout.split()[-1]) / 1024
+    assert peak_mib < 120, f"a worker's start-up peaked at {peak_mib:.0f} MiB"
