@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from newsletter import auth, campaigns, consent
-from newsletter.admin import localtime
+from newsletter.admin.times import localtime
 from newsletter.extensions import db
 from newsletter.models import AdminUser, Campaign, CampaignStatus, Subscriber, Tally, utcnow
 from tests.conftest import PASSWORD, STAFF, csrf_token, log_in, post_signup
