@@ -83,10 +83,11 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     limiter.init_app(app)
     init_redis(app, redis_url, embedded_folder=app.instance_path if embedded else None)
 
-    from newsletter import admin, api, cli, dev, manage, public, security
+    from newsletter import admin, api, cli
+    from newsletter.web import dev, manage, public, security
 
     security.init_app(app)
-    app.register_blueprint(public.bp)
+    public.init_app(app)
     manage.init_app(app)
     api.init_app(app)
     admin.init_app(app)

@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request, url_for
 
-from newsletter import api_tokens, campaigns, openapi, security, slots
+from newsletter import api_tokens, campaigns, openapi, slots
 from newsletter.extensions import limiter
 from newsletter.models import Campaign
 from newsletter.problems import Problem
+from newsletter.web import security
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 

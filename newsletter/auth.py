@@ -8,7 +8,6 @@ which ends every earlier session of the account, wherever its cookie is kept.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import logging
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from flask import current_app, g, redirect, request, session, url_for
+from flask import current_app, g, session
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -242,23 +241,3 @@ def safe_next(target: str | None) -> str | None:
     if parts.scheme or parts.netloc or not target.startswith("/admin/") or "\\" in target:
         return None
     return target
-
-
-def anonymous_response():
-    """Send an anonymous visitor to the login page (a JSON endpoint answers 401)."""
-    if request.path.endswith(".json"):
-        return {"error": "login required"}, 401
-    target = request.full_path.rstrip("?") if request.method == "GET" else None
-    return redirect(url_for("admin.login_form", next=safe_next(target)))
-
-
-def login_required(view):
-    """Let only logged-in staff reach ``view``."""
-
-    @functools.wraps(view)
-    def wrapped(*args, **kwargs):
-        if current_admin() is None:
-            return anonymous_response()
-        return view(*args, **kwargs)
-
-    return wrapped

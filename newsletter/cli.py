@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 
 import click
 from flask import Flask, current_app
+
+from newsletter import api_tokens, auth, campaigns, slots, stats, subscriptions
+from newsletter.extensions import db
+from newsletter.models import CampaignStatus
 
 
 def init_app(app: Flask) -> None:
@@ -33,6 +39,10 @@ def campaign_cli() -> None:
     pass
 
 
+def _when(moment) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment is not None else "-"
+
+
 # --- subscriber: data-subject requests (GDPR Art. 15, 17, 20) ---------------------------
 
 
@@ -40,10 +50,6 @@ def campaign_cli() -> None:
 @click.argument("address")
 def subscriber_export(address: str) -> None:
     """Print everything held about ADDRESS as JSON (access and portability requests)."""
-    import json
-
-    from newsletter import subscriptions
-
     subscriber = subscriptions.find_by_address(address)
     if subscriber is None:
         raise click.ClickException("No subscriber with that address.")
@@ -57,8 +63,6 @@ def subscriber_export(address: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def subscriber_delete(address: str, yes: bool) -> None:
     """Erase ADDRESS: the subscriber, their proof of consent and any pending sign-up."""
-    from newsletter import subscriptions
-
     if not yes:
         click.confirm("Delete this address and all data held about it?", abort=True)
     if not subscriptions.erase_address(address, "staff"):
@@ -69,16 +73,8 @@ def subscriber_delete(address: str, yes: bool) -> None:
 @subscriber_cli.command("stats")
 def subscriber_stats() -> None:
     """Print counts (subscribers, sign-ups, erasures and exports per month); no addresses."""
-    from sqlalchemy import func, select
-
-    from newsletter import stats
-    from newsletter.extensions import db
-    from newsletter.models import PendingSignup, Subscriber
-
-    subscribers = db.session.scalar(select(func.count()).select_from(Subscriber))
-    pending = db.session.scalar(select(func.count()).select_from(PendingSignup))
-    click.echo(f"subscribers: {subscribers}")
-    click.echo(f"unconfirmed sign-ups and address changes: {pending}")
+    click.echo(f"subscribers: {stats.subscribers()}")
+    click.echo(f"unconfirmed sign-ups and address changes: {stats.pending()}")
     for month, kinds in stats.monthly().items():
         for kind, count in sorted(kinds.items()):
             click.echo(f"{month}  {kind:<28} {count}")
@@ -90,8 +86,6 @@ def subscriber_stats() -> None:
 
 def _account_call(func, *args):
     """Run an auth service call; turn its AccountError into a clean message and exit 1."""
-    from newsletter import auth
-
     try:
         return func(*args)
     except auth.AccountError as exc:
@@ -105,8 +99,6 @@ _password_stdin = click.option(
 
 def _new_password(password_stdin: bool) -> str:
     """Read the password from standard input, or ask for it twice without echoing it."""
-    from newsletter import auth
-
     if password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
     return click.prompt(
@@ -121,8 +113,6 @@ def _new_password(password_stdin: bool) -> str:
 @_password_stdin
 def admin_create(email: str, password_stdin: bool) -> None:
     """Make a staff account for the admin pages; the password is asked for twice."""
-    from newsletter import auth
-
     user = _account_call(auth.create_admin, email, _new_password(password_stdin))
     login_url = current_app.config["PUBLIC_URL"] + "/admin/login"
     click.echo(f"Created admin account {user.id}. Log in at {login_url}")
@@ -131,8 +121,6 @@ def admin_create(email: str, password_stdin: bool) -> None:
 @admin_cli.command("list")
 def admin_list() -> None:
     """List the staff accounts: address, when made, last login, and whether locked."""
-    from newsletter import auth
-
     users = auth.list_admins()
     if not users:
         click.echo("No admin accounts. Make one with: flask --app newsletter admin create EMAIL")
@@ -150,8 +138,6 @@ def admin_list() -> None:
 @_password_stdin
 def admin_password(email: str, password_stdin: bool) -> None:
     """Set a new password for EMAIL; every session of the account ends."""
-    from newsletter import auth
-
     _account_call(auth.get_admin, email)  # say so before asking for a password
     _account_call(auth.set_password, email, _new_password(password_stdin))
     click.echo("Password changed. Every session of this account has ended.")
@@ -161,8 +147,6 @@ def admin_password(email: str, password_stdin: bool) -> None:
 @click.argument("email")
 def admin_unlock(email: str) -> None:
     """Lift the lock-out of EMAIL and forget its failed logins."""
-    from newsletter import auth
-
     _account_call(auth.unlock, email)
     click.echo("Unlocked. The account can log in again.")
 
@@ -172,8 +156,6 @@ def admin_unlock(email: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def admin_delete(email: str, yes: bool) -> None:
     """Delete the staff account EMAIL; its sessions end at once."""
-    from newsletter import auth
-
     _account_call(auth.get_admin, email)
     if not yes:
         click.confirm("Delete this admin account?", abort=True)
@@ -188,8 +170,6 @@ def admin_delete(email: str, yes: bool) -> None:
 @click.argument("name")
 def token_create(name: str) -> None:
     """Make an API token called NAME; it is printed once, alone on the last line."""
-    from newsletter import api_tokens
-
     try:
         _, token = api_tokens.create(name)
     except api_tokens.TokenError as exc:
@@ -202,8 +182,6 @@ def token_create(name: str) -> None:
 @token_cli.command("list")
 def token_list() -> None:
     """List the tokens by name, with when they were made and last used (never the token)."""
-    from newsletter import api_tokens
-
     rows = api_tokens.list_all()
     if not rows:
         click.echo("No tokens. Make one with: flask --app newsletter token create NAME")
@@ -220,8 +198,6 @@ def token_list() -> None:
 @click.argument("name")
 def token_revoke(name: str) -> None:
     """Revoke the token called NAME; the API refuses it from now on."""
-    from newsletter import api_tokens
-
     try:
         api_tokens.revoke(name)
     except api_tokens.TokenError as exc:
@@ -232,14 +208,8 @@ def token_revoke(name: str) -> None:
 # --- campaign: write, test, schedule, watch ---------------------------------------------
 
 
-def _when(moment) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment is not None else "-"
-
-
 def _campaign_call(func, *args):
     """Run a campaigns service call; turn the marketer's errors into clean messages."""
-    from newsletter import campaigns
-
     try:
         return func(*args)
     except campaigns.CampaignError as exc:
@@ -265,8 +235,6 @@ def _read(path: str | None) -> str | None:
 )
 def campaign_create(subject: str, html_file: str, text_file: str | None) -> None:
     """Store a new draft edition."""
-    from newsletter import campaigns
-
     campaign = _campaign_call(campaigns.create, subject, _read(html_file), _read(text_file))
     click.echo(f"Created campaign {campaign.id} (draft).")
 
@@ -274,8 +242,6 @@ def campaign_create(subject: str, html_file: str, text_file: str | None) -> None
 @campaign_cli.command("list")
 def campaign_list() -> None:
     """List campaigns, newest first."""
-    from newsletter import campaigns
-
     rows = campaigns.list_all()
     if not rows:
         click.echo("No campaigns yet.")
@@ -294,8 +260,6 @@ def campaign_list() -> None:
 @click.argument("campaign_id", type=int)
 def campaign_show(campaign_id: int) -> None:
     """Show one campaign: status, times and totals."""
-    from newsletter import campaigns
-
     campaign = _campaign_call(campaigns.get, campaign_id)
     totals = campaigns.totals(campaign)
     click.echo(f"campaign {campaign.id}: {campaign.subject}")
@@ -315,8 +279,6 @@ def campaign_show(campaign_id: int) -> None:
 @click.argument("address")
 def campaign_test(campaign_id: int, address: str) -> None:
     """Send one test copy to ADDRESS now."""
-    from newsletter import campaigns
-
     _campaign_call(campaigns.send_test, campaign_id, address)
     click.echo(f"Test copy of campaign {campaign_id} sent.")
 
@@ -332,8 +294,6 @@ def campaign_test(campaign_id: int, address: str) -> None:
 )
 def campaign_schedule(campaign_id: int, at: str | None) -> None:
     """Schedule a campaign for a time, now, or the next monthly slot."""
-    from newsletter import campaigns, slots
-
     try:
         send_at = slots.parse_send_at(at)
     except ValueError as exc:
@@ -346,8 +306,6 @@ def campaign_schedule(campaign_id: int, at: str | None) -> None:
 @click.argument("campaign_id", type=int)
 def campaign_cancel(campaign_id: int) -> None:
     """Stop a scheduled, sending or paused campaign."""
-    from newsletter import campaigns
-
     _campaign_call(campaigns.cancel, campaign_id)
     click.echo(f"Campaign {campaign_id} is cancelled.")
 
@@ -356,8 +314,6 @@ def campaign_cancel(campaign_id: int) -> None:
 @click.argument("campaign_id", type=int)
 def campaign_resume(campaign_id: int) -> None:
     """Continue a paused campaign where it stopped."""
-    from newsletter import campaigns
-
     campaign = _campaign_call(campaigns.resume, campaign_id)
     click.echo(f"Campaign {campaign.id} is {campaign.status.value} again.")
 
@@ -370,11 +326,6 @@ def campaign_watch(campaign_id: int, interval: float) -> None:
 
     The exit status is 0 when the campaign was sent, 1 when it ended paused or cancelled.
     """
-    import time
-
-    from newsletter import campaigns
-    from newsletter.extensions import db
-    from newsletter.models import CampaignStatus
 
     def current():
         db.session.rollback()  # a fresh snapshot: the workers change the rows

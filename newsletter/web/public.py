@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import limits
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, Flask, render_template, request
 from sqlalchemy import text
 
-from newsletter import addresses, consent, subscriptions, tokens
+from newsletter import consent, subscriptions, tokens
 from newsletter.extensions import db, get_redis, limiter
+from newsletter.web.limits import (
+    CONFIRMATION_SCOPE,
+    confirmation_limit_per_ip,
+    longest_counter_window,
+    mailbox_limit_spent,
+)
 
 bp = Blueprint("public", __name__)
 
 HONEYPOT_FIELD = "website"
-
-
-def signup_address_key() -> str:
-    """Rate-limit key for the form's target inbox: a keyed hash (``addresses.mailbox_key``)."""
-    raw = request.form.get("email", "")
-    try:
-        email = addresses.normalize(raw, check_deliverability=False)
-    except addresses.InvalidAddress:
-        email = raw.strip().lower()[:254]
-    return "addr:" + addresses.mailbox_key(email)
-
-
-# Sign-ups and address changes both mail a confirmation link to the address in the form:
-# they share one per-IP and one per-mailbox counter.
-CONFIRMATION_SCOPE = "confirmation-mail"
-
-confirmation_limit_per_ip = limiter.shared_limit(
-    lambda: current_app.config["SIGNUP_LIMIT_PER_IP"], scope=CONFIRMATION_SCOPE
-)
-
-
-def mailbox_limit_spent(setting: str, scope: str) -> bool:
-    """Count this request against the limit on the form's mailbox; say if it is spent.
-
-    A spent limit must not change the answer: a 429 would tell anybody that somebody
-    asked for this address lately. So the view shows its usual page and sends nothing.
-    """
-    key = signup_address_key()
-    return not all(
-        limiter.limiter.hit(item, key, scope)
-        for item in limits.parse_many(current_app.config[setting])
-    )
 
 
 def _signup_form(errors=None, email="", status=200):
@@ -137,3 +110,22 @@ def _redis_ok() -> bool:
         return bool(get_redis().ping())
     except Exception:  # noqa: BLE001
         return False
+
+
+# --- for the privacy notice ------------------------------------------------------------
+
+
+def duration(seconds: int | float) -> str:
+    """Say a configured duration in words: ``3600`` -> ``1 hour``, ``172800`` -> ``48 hours``."""
+    seconds = int(seconds)
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} seconds"
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+    app.add_template_global(longest_counter_window)
+    app.add_template_filter(duration)

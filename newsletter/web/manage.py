@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import json
 
-import limits
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 
-from newsletter import addresses, security, subscriptions, tokens
+from newsletter import addresses, subscriptions, tokens
 from newsletter.extensions import limiter
-from newsletter.public import CONFIRMATION_SCOPE, confirmation_limit_per_ip, mailbox_limit_spent
+from newsletter.web import security
+from newsletter.web.limits import CONFIRMATION_SCOPE, confirmation_limit_per_ip, mailbox_limit_spent
 
 bp = Blueprint("manage", __name__)
 
@@ -158,39 +158,5 @@ def delete(token: str):
     return render_template("public/unsubscribed.html")
 
 
-# --- for the privacy notice ------------------------------------------------------------
-
-RATE_LIMIT_SETTINGS = (
-    "SIGNUP_LIMIT_PER_IP",
-    "SIGNUP_LIMIT_PER_ADDRESS",
-    "MANAGE_LIMIT_PER_IP",
-    "MANAGE_LIMIT_PER_ADDRESS",
-)
-
-
-def longest_counter_window() -> int:
-    """Seconds the longest-lived rate-limit counter on a reader's address or IP can live."""
-    config = current_app.config
-    windows = [
-        item.get_expiry()
-        for setting in RATE_LIMIT_SETTINGS
-        if config.get(setting)
-        for item in limits.parse_many(config[setting])
-    ]
-    return max(windows, default=0)
-
-
-def duration(seconds: int | float) -> str:
-    """Say a configured duration in words: ``3600`` -> ``1 hour``, ``172800`` -> ``48 hours``."""
-    seconds = int(seconds)
-    for unit, size in (("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            count = seconds // size
-            return f"{count} {unit}{'' if count == 1 else 's'}"
-    return f"{seconds} seconds"
-
-
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-    app.add_template_global(longest_counter_window)
-    app.add_template_filter(duration)
