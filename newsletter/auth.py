@@ -8,6 +8,7 @@ which ends every earlier session of the account, wherever its cookie is kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
