@@ -100,7 +100,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         if request.path.startswith("/api/"):
-            from newsletter.problems import from_http_error
+            from newsletter.api.problems import from_http_error
 
             return from_http_error(error)
         if error.code == 400 and request.url_rule is None and request.routing_exception is error:

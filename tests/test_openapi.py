@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
-from newsletter import api_tokens, campaigns, openapi
+from newsletter import api_tokens, campaigns
+from newsletter.api import openapi
 
 PREFIX = "/api/v1"
 METHODS = {"get", "post", "put", "patch", "delete"}

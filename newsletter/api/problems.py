@@ -40,3 +40,16 @@ class Problem(Exception):
 
     def response(self):
         return problem(self.status, self.title, self.detail, headers=self.headers, **self.extra)
+
+
+def invalid(errors: dict[str, str]) -> Problem:
+    """A 422 with one ``errors`` entry per field, named by a JSON pointer (``#`` the body)."""
+    return Problem(
+        422,
+        "Unprocessable Content",
+        "The request has invalid fields; see 'errors'.",
+        errors=[
+            {"pointer": "#/" + name if name else "#", "detail": message}
+            for name, message in errors.items()
+        ],
+    )
