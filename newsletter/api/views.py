@@ -1,4 +1,4 @@
-"""The routes of /api/v1: read the body, call one campaigns function, answer in JSON.
+"""The routes of /api/v1: read the body into its model, call one campaigns function, answer.
 
 Every view that takes a POST is exempt from the form CSRF check: a bearer token is sent
 deliberately by the client, never attached by a browser the way a cookie is.
@@ -7,15 +7,18 @@ deliberately by the client, never attached by a browser the way a cookie is.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from typing import TypeVar
 
 from flask import current_app, jsonify, request, url_for
+from pydantic import BaseModel, ValidationError
 
-from newsletter import campaigns, slots
-from newsletter.api import bp, openapi, token_key
+from newsletter import campaigns
+from newsletter.api import bp, openapi, schemas, token_key
 from newsletter.api.problems import Problem, invalid
 from newsletter.extensions import limiter
 from newsletter.models import Campaign
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def bearer_only(view):
@@ -24,14 +27,11 @@ def bearer_only(view):
     return view
 
 
-# --- request parsing ------------------------------------------------------------------
-
-
-def json_body(*, allow_empty: bool = False) -> dict:
-    """Return the request's JSON object, or raise the fitting problem (415, 400, 422)."""
+def read(model: type[Body], *, allow_empty: bool = False) -> Body:
+    """Return the request's JSON body as ``model``, or raise the fitting problem (415, 400, 422)."""
     raw = request.get_data(cache=True)
     if allow_empty and not raw.strip():
-        return {}
+        return model()
     if not request.is_json:
         raise Problem(
             415, "Unsupported Media Type", "Send a JSON body with 'Content-Type: application/json'."
@@ -42,56 +42,20 @@ def json_body(*, allow_empty: bool = False) -> dict:
         raise Problem(400, "Bad Request", "The body is not valid JSON.") from None
     except RecursionError:  # the parser recurses once per level of nesting
         raise Problem(400, "Bad Request", "The body is nested too deeply.") from None
-    if not isinstance(data, dict):
-        raise invalid({"": "The body must be a JSON object."})
-    return data
-
-
-def only_fields(data: dict, allowed: set[str]) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise invalid(
-            {name: f"Unknown field; the fields are {sorted(allowed)}." for name in unknown}
-        )
-
-
-# --- representation -------------------------------------------------------------------
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat() if moment is not None else None
-
-
-def campaign_json(campaign: Campaign, *, content: bool = False) -> dict:
-    data = {
-        "id": campaign.id,
-        "subject": campaign.subject,
-        "status": campaign.status.value,
-        "status_reason": campaign.status_reason,
-        "send_at": iso(campaign.send_at),
-        **campaigns.totals(campaign),
-        "created_at": iso(campaign.created_at),
-        "updated_at": iso(campaign.updated_at),
-        "started_at": iso(campaign.started_at),
-        "finished_at": iso(campaign.finished_at),
-        "text_is_derived": campaign.text_is_derived,
-        "url": url_for("api.get_campaign", campaign_id=campaign.id),
-    }
-    if content:
-        data["html"] = campaign.html
-        data["text"] = campaign.text
-    return data
-
-
-def parse_send_at(value) -> datetime | str | None:
-    """Read ``send_at``: absent or null (next slot), "now", or ISO 8601 with an offset."""
     try:
-        return slots.parse_send_at(value)
-    except ValueError as exc:
-        raise invalid({"send_at": str(exc)}) from None
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(schemas.field_errors(exc, model)) from None
 
 
-# --- routes ---------------------------------------------------------------------------
+def shown(campaign: Campaign, model: type[schemas.Campaign] = schemas.Campaign, **extra) -> dict:
+    """The campaign as ``model`` shows it, with live totals and its URL."""
+    names = [name for name in model.model_fields if hasattr(campaign, name)]
+    values = {name: getattr(campaign, name) for name in names}
+    values |= campaigns.totals(campaign)
+    values["url"] = url_for("api.get_campaign", campaign_id=campaign.id)
+    values |= {name: value for name, value in extra.items() if value is not None}
+    return model.model_validate(values).model_dump(mode="json")
 
 
 @bp.get("/openapi.json")
@@ -102,10 +66,9 @@ def openapi_document():
 @bp.post("/campaigns")
 @bearer_only
 def create_campaign():
-    data = json_body()
-    only_fields(data, {"subject", "html", "text"})
-    campaign = campaigns.create(data.get("subject"), data.get("html"), data.get("text"))
-    response = jsonify(campaign_json(campaign, content=True))
+    new = read(schemas.NewCampaign)
+    campaign = campaigns.create(new.subject, new.html, new.text)
+    response = jsonify(shown(campaign, schemas.CampaignWithContent))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_campaign", campaign_id=campaign.id)
     return response
@@ -113,59 +76,50 @@ def create_campaign():
 
 @bp.get("/campaigns")
 def list_campaigns():
-    return jsonify([campaign_json(c) for c in campaigns.list_all()])
+    return jsonify([shown(c) for c in campaigns.list_all()])
 
 
 @bp.get("/campaigns/<int:campaign_id>")
 def get_campaign(campaign_id: int):
-    return jsonify(campaign_json(campaigns.get(campaign_id), content=True))
+    return jsonify(shown(campaigns.get(campaign_id), schemas.CampaignWithContent))
 
 
 @bp.patch("/campaigns/<int:campaign_id>")
 @bearer_only
 def edit_campaign(campaign_id: int):
-    data = json_body()
-    only_fields(data, {"subject", "html", "text"})
-    if not data:
-        raise invalid({"": "Send at least one of subject, html, text."})
-    campaign = campaigns.update(campaign_id, **data)
-    return jsonify(campaign_json(campaign, content=True))
+    changes = read(schemas.CampaignChanges).model_dump(exclude_unset=True)
+    campaign = campaigns.update(campaign_id, **changes)
+    return jsonify(shown(campaign, schemas.CampaignWithContent))
 
 
 @bp.post("/campaigns/<int:campaign_id>/test")
 @bearer_only
 @limiter.limit(lambda: current_app.config["API_TEST_SEND_LIMIT"], key_func=token_key)
 def send_test(campaign_id: int):
-    data = json_body()
-    only_fields(data, {"to"})
-    campaigns.send_test(campaign_id, data.get("to", ""))
-    return jsonify({"campaign_id": campaign_id, "sent": True})
+    campaigns.send_test(campaign_id, read(schemas.TestSend).to)
+    return jsonify(schemas.TestSent(campaign_id=campaign_id, sent=True).model_dump(mode="json"))
 
 
 @bp.post("/campaigns/<int:campaign_id>/schedule")
 @bearer_only
 def schedule_campaign(campaign_id: int):
-    data = json_body(allow_empty=True)
-    only_fields(data, {"send_at"})
-    campaign, note = campaigns.schedule_and_start(campaign_id, parse_send_at(data.get("send_at")))
-    body = campaign_json(campaign)
-    if note:
-        body["note"] = note
-    return jsonify(body)
+    send_at = read(schemas.Schedule, allow_empty=True).send_at
+    campaign, note = campaigns.schedule_and_start(campaign_id, send_at)
+    return jsonify(shown(campaign, schemas.ScheduledCampaign, note=note))
 
 
 @bp.post("/campaigns/<int:campaign_id>/cancel")
 @bearer_only
 def cancel_campaign(campaign_id: int):
-    return jsonify(campaign_json(campaigns.cancel(campaign_id)))
+    return jsonify(shown(campaigns.cancel(campaign_id)))
 
 
 @bp.post("/campaigns/<int:campaign_id>/resume")
 @bearer_only
 def resume_campaign(campaign_id: int):
-    return jsonify(campaign_json(campaigns.resume(campaign_id)))
+    return jsonify(shown(campaigns.resume(campaign_id)))
 
 
 @bp.get("/stats")
 def stats():
-    return jsonify(campaigns.stats())
+    return jsonify(schemas.Stats.model_validate(campaigns.stats()).model_dump(mode="json"))
