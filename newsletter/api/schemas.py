@@ -133,7 +133,7 @@ class CampaignChanges(Request):
     text: Text = _may_be_left_out()
 
     @model_validator(mode="after")
-    def _something(self) -> CampaignChanges:
+    def _changes_something(self) -> CampaignChanges:
         if not self.model_fields_set:
             raise PydanticCustomError("empty", "Send at least one of subject, html, text.")
         return self
