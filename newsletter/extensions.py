@@ -68,3 +68,16 @@ def limiter_storage_uri(redis_url: str) -> str:
     if redis_url.startswith("unix://"):
         return "redis+unix://" + redis_url[len("unix://") :]
     return redis_url
+
+
+def add_error_renderer(app: Flask, path_prefix: str, render) -> None:
+    """Let a front end answer HTTP errors under ``path_prefix`` in its own format.
+
+    The app-wide error handler (web.security) asks these first; front ends do not import
+    one another, so the API registers its problem format here.
+    """
+    app.extensions.setdefault("error_renderers", []).append((path_prefix, render))
+
+
+def error_renderers() -> list:
+    return current_app.extensions.get("error_renderers", [])

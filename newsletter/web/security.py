@@ -9,7 +9,7 @@ from flask import Flask, Response, current_app, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
-from newsletter.extensions import csrf
+from newsletter.extensions import csrf, error_renderers
 
 HSTS_MAX_AGE = 365 * 86400
 # Views whose POST may come from an allowed embedding origin without our CSRF token.
@@ -99,10 +99,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        if request.path.startswith("/api/"):
-            from newsletter.problems import from_http_error
-
-            return from_http_error(error)
+        for prefix, render in error_renderers():
+            if request.path.startswith(prefix):
+                return render(error)  # e.g. the API's RFC 9457 problems, for any /api/ path
         if error.code == 400 and request.url_rule is None and request.routing_exception is error:
             # An untrusted Host header: no URL can be built, so answer with the bare error.
             return error

@@ -5,17 +5,22 @@ from __future__ import annotations
 from flask import jsonify
 from werkzeug.exceptions import HTTPException
 
+from newsletter.api import schemas
+
 MEDIA_TYPE = "application/problem+json"
 # Headers of an HTTP error that must survive its conversion into a problem response.
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
 
 
 def problem(status: int, title: str, detail: str | None = None, headers=None, **extra):
-    body = {"type": "about:blank", "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
-    body.update(extra)
-    response = jsonify(body)
+    given = {"detail": detail or None, **extra}
+    body = schemas.Problem(
+        type="about:blank",
+        title=title,
+        status=status,
+        **{name: value for name, value in given.items() if value is not None},
+    )
+    response = jsonify(body.model_dump(mode="json"))
     response.status_code = status
     response.mimetype = MEDIA_TYPE
     for name, value in (headers or {}).items():
@@ -40,3 +45,16 @@ class Problem(Exception):
 
     def response(self):
         return problem(self.status, self.title, self.detail, headers=self.headers, **self.extra)
+
+
+def invalid(errors: dict[str, str]) -> Problem:
+    """A 422 with one ``errors`` entry per field, named by a JSON pointer (``#`` the body)."""
+    return Problem(
+        422,
+        "Unprocessable Content",
+        "The request has invalid fields; see 'errors'.",
+        errors=[
+            {"pointer": "#/" + name if name else "#", "detail": message}
+            for name, message in errors.items()
+        ],
+    )
