@@ -368,7 +368,13 @@ def test_4xx_after_the_lease_was_lost_leaves_no_retry_row_and_the_new_owner_fini
 
     def steal_the_lease_while_the_answer_for_reader1_is_awaited():
         with app.app_context():
-            smtp.wait_for(1)
+            # Only once reader 0's checkpoint is committed: stealing earlier would make
+            # reader 0 the message in flight, which the next owner rightly sends again.
+            deadline = time.monotonic() + 10
+            while db.session.scalar(select(SendBatch.cursor)) < ids[0]:
+                assert time.monotonic() < deadline, "reader 0 was never checkpointed"
+                db.session.rollback()
+                time.sleep(0.01)
             db.session.execute(
                 SendBatch.__table__.update()
                 .where(SendBatch.id == batch_id)
