@@ -38,7 +38,7 @@ def test_db_upgrade_twice_on_sqlite_records_its_version(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
     with sqlite3.connect(instance / "newsletter.db") as connection:
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
-            ("0002",)
+            ("0003",)
         ]
         assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
     # Migrating needs no Redis, so none was started (and none is left running).
