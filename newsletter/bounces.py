@@ -380,17 +380,28 @@ def apply(action: Action) -> Action:
     return action
 
 
-def _locked_subscriber(subscriber_id: int | None) -> Subscriber | None:
-    """Load the subscriber and lock the row (PostgreSQL), so a twin message waits for us."""
-    return db.session.scalar(
-        select(Subscriber).where(Subscriber.id == subscriber_id).with_for_update()
+def _claimed_subscriber(subscriber_id: int | None) -> Subscriber | None:
+    """Lock the reader's row with a no-op UPDATE, then load it; None when they are gone.
+
+    The UPDATE takes the row lock on PostgreSQL and the write lock on SQLite: the twin of
+    a message, handled at the same instant by another worker, waits here until this one
+    commits and then finds the reader gone, so nothing is counted twice.
+    """
+    claimed = _rowcount(
+        update(Subscriber)
+        .where(Subscriber.id == subscriber_id)
+        .values(soft_bounces=Subscriber.soft_bounces)
+        .execution_options(synchronize_session=False)
     )
+    if not claimed:
+        db.session.rollback()
+        return None
+    return db.session.get(Subscriber, subscriber_id, populate_existing=True)
 
 
 def _erase(action: Action) -> Action:
-    subscriber = _locked_subscriber(action.subscriber_id)
+    subscriber = _claimed_subscriber(action.subscriber_id)
     if subscriber is None:
-        db.session.rollback()
         return replace(action, act=Act.NOTHING, why="already gone")
     complaint = action.act is Act.ERASE_COMPLAINT
     _count_on_campaign(action, Campaign.complaints if complaint else Campaign.bounced)
@@ -399,19 +410,12 @@ def _erase(action: Action) -> Action:
 
 
 def _count_on_campaign(action: Action, column) -> None:
-    """Add one to a campaign total, in the erasing transaction, if the reader is still there.
-
-    The EXISTS makes a twin message on SQLite (no row locks) wait for the first one's
-    write and then count nothing.
-    """
+    """Add one to a campaign total, in the transaction that erases the reader."""
     if action.campaign_id is None:
         return
     db.session.execute(
         update(Campaign)
-        .where(
-            Campaign.id == action.campaign_id,
-            exists().where(Subscriber.id == action.subscriber_id),
-        )
+        .where(Campaign.id == action.campaign_id)
         .values({column: column + 1})
         .execution_options(synchronize_session=False)
     )
@@ -423,9 +427,8 @@ def _count_soft_bounce(action: Action) -> Action:
     Several notices about one edition (delayed, then failed) count once. A soft bounce
     after an edition that came back clean (one started in between) starts again at one.
     """
-    subscriber = _locked_subscriber(action.subscriber_id)
+    subscriber = _claimed_subscriber(action.subscriber_id)
     if subscriber is None:
-        db.session.rollback()
         return replace(action, act=Act.NOTHING, why="already gone")
     last = subscriber.last_soft_bounce_campaign_id
     restart = _clean_edition_between(last, action.campaign_id)

@@ -376,3 +376,95 @@ def test_soft_bounce_columns_start_at_zero(app):
             {"i": subscriber_id},
         ).one()
     assert tuple(row) == (0, None)
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+def test_bounce_settings_are_read_and_checked_at_start(base_environ, tmp_path):
+    from newsletter.config import load, parse_imap_url
+
+    config = load(
+        {
+            **base_environ,
+            "BOUNCE_ADDRESS": "Bounces@News.Example.com",
+            "BOUNCE_IMAP_URL": "imaps://bounces%40news.example.com:p%40ss@imap.example.com/Bounces",
+            "BOUNCE_SOFT_LIMIT": "5",
+        },
+        str(tmp_path),
+    )
+    assert config["BOUNCE_ADDRESS"] == "bounces@news.example.com"
+    assert config["BOUNCE_SOFT_LIMIT"] == 5
+    assert parse_imap_url(config["BOUNCE_IMAP_URL"]) == (
+        "imap.example.com",
+        993,
+        "bounces@news.example.com",
+        "p@ss",
+        "Bounces",
+    )
+    defaults = load(base_environ, str(tmp_path))
+    assert (defaults["BOUNCE_ADDRESS"], defaults["BOUNCE_IMAP_URL"]) == (None, None)
+    assert defaults["BOUNCE_SOFT_LIMIT"] == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"BOUNCE_ADDRESS": "bounces+x@news.example.com"}, "without '+'"),
+        ({"BOUNCE_ADDRESS": "no-at-sign"}, "BOUNCE_ADDRESS must be one plain address"),
+        ({"BOUNCE_ADDRESS": "b" * 32 + "@news.example.com"}, "at most 31 characters"),
+        ({"BOUNCE_IMAP_URL": "imap://u:p@imap.example.com/INBOX"}, "imaps://"),
+        ({"BOUNCE_IMAP_URL": "imaps://imap.example.com/INBOX"}, "imaps://user:password@"),
+        ({"BOUNCE_IMAP_CA_FILE": "/nonexistent/ca.pem"}, "cannot be read"),
+        ({"BOUNCE_SOFT_LIMIT": "0"}, "BOUNCE_SOFT_LIMIT must be at least 1"),
+    ],
+)
+def test_a_bad_bounce_setting_stops_the_start_with_one_clear_line(
+    base_environ, tmp_path, settings, message
+):
+    from newsletter.config import ConfigError, load
+
+    with pytest.raises(ConfigError) as error:
+        load({**base_environ, **settings}, str(tmp_path))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_envelope_sender_is_none_without_bounce_address(app):
+    app.config["BOUNCE_ADDRESS"] = None
+    assert bounces.envelope_sender("edition", 1, 2) is None
+    # Without a bounce address no tag can be found either: nothing is ever erased.
+    assert bounces.classify(dsn(verp(1, 2), "someone@example.net")).tag is None
+
+
+def test_the_same_bounce_handled_twice_at_once_counts_once(app):
+    """Two workers (say the pipe and the IMAP poll) get one bounce at the same instant."""
+    import threading
+
+    campaign_id = add_edition()
+    rounds = 5
+    for n in range(rounds):
+        reader = f"twin{n}@example.net"
+        message = dsn(verp(campaign_id, add_reader(reader)), reader)
+        start = threading.Barrier(2)
+        outcomes, errors = [], []
+
+        def worker(message=message, start=start, outcomes=outcomes, errors=errors):
+            with app.app_context():
+                try:
+                    start.wait(timeout=10)
+                    outcomes.append(bounces.handle(message).act)
+                except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                    errors.append(exc)
+                finally:
+                    db.session.remove()
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        assert sorted(outcomes) == [bounces.Act.ERASE_BOUNCED, bounces.Act.NOTHING]
+    db.session.expire_all()
+    assert db.session.get(Campaign, campaign_id).bounced == rounds
+    assert db.session.scalar(select(Tally.count).where(Tally.kind == "erased_bounced")) == rounds
