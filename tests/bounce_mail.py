@@ -184,3 +184,34 @@ def rewritten(sample: bytes, header: str, verp_address: str, failing: list[bytes
     for address in failing:
         message = re.sub(re.escape(address), reader.encode(), message, flags=re.IGNORECASE)
     return message
+
+
+def at_once(app, *calls):
+    """Run each call in its own thread and app context, all released at the same instant.
+
+    Returns their results in order of the calls; an exception in any is raised here.
+    """
+    import threading
+
+    start = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index, call):
+        with app.app_context():
+            try:
+                start.wait(timeout=10)
+                results[index] = call()
+            except BaseException as exc:  # noqa: BLE001 - raised again below
+                errors.append(exc)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=run, args=item) for item in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    if errors:
+        raise errors[0]
+    return results

@@ -14,8 +14,8 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from newsletter import bounces, create_app
 from newsletter.extensions import db, get_redis
 from newsletter.models import Subscriber
-from tests.bounce_mail import BOUNCE_ADDRESS, add_edition, add_reader, dsn, verp
+from tests.bounce_mail import BOUNCE_ADDRESS, add_edition, add_reader, at_once, dsn, verp
 
 DOVECOT = "/usr/sbin/dovecot"
 USER, PASSWORD = "bounces", "a-long-test-password"
@@ -171,27 +171,9 @@ def _notices(count: int) -> dict[int, bytes]:
 def test_two_pollers_at_once_handle_each_message_exactly_once_and_delete_it(app, mailbox):
     notices = _notices(12)
     mailbox.append(*notices.values(), b"Subject: hello\r\nFrom: a@example.net\r\n\r\nHi.\r\n")
-    start = threading.Barrier(2)
-    results: list[list] = []
-    errors: list[BaseException] = []
+    poll = partial(bounces.poll_imap, app.config["BOUNCE_IMAP_URL"])
+    results = at_once(app, poll, poll)
 
-    def poller():
-        with app.app_context():
-            try:
-                start.wait(timeout=10)
-                results.append(bounces.poll_imap(app.config["BOUNCE_IMAP_URL"]))
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                errors.append(exc)
-            finally:
-                db.session.remove()
-
-    threads = [threading.Thread(target=poller) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-
-    assert errors == []
     outcomes = [outcome for result in results for outcome in result]
     assert len(outcomes) == len(notices) + 1  # each message once, the stray one too
     erased = [o.subscriber_id for o in outcomes if o.act is bounces.Act.ERASE_BOUNCED]

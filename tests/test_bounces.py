@@ -18,6 +18,7 @@ from tests.bounce_mail import (
     add_pending,
     add_reader,
     arf,
+    at_once,
     dsn,
     rewritten,
     verp,
@@ -438,32 +439,12 @@ def test_envelope_sender_is_none_without_bounce_address(app):
 
 def test_the_same_bounce_handled_twice_at_once_counts_once(app):
     """Two workers (say the pipe and the IMAP poll) get one bounce at the same instant."""
-    import threading
-
     campaign_id = add_edition()
     rounds = 5
     for n in range(rounds):
         reader = f"twin{n}@example.net"
         message = dsn(verp(campaign_id, add_reader(reader)), reader)
-        start = threading.Barrier(2)
-        outcomes, errors = [], []
-
-        def worker(message=message, start=start, outcomes=outcomes, errors=errors):
-            with app.app_context():
-                try:
-                    start.wait(timeout=10)
-                    outcomes.append(bounces.handle(message).act)
-                except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                    errors.append(exc)
-                finally:
-                    db.session.remove()
-
-        threads = [threading.Thread(target=worker) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert errors == []
+        outcomes = at_once(app, *[lambda m=message: bounces.handle(m).act] * 2)
         assert sorted(outcomes) == [bounces.Act.ERASE_BOUNCED, bounces.Act.NOTHING]
     db.session.expire_all()
     assert db.session.get(Campaign, campaign_id).bounced == rounds
