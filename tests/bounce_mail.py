@@ -7,7 +7,7 @@ from datetime import timedelta
 from email.utils import formatdate
 from pathlib import Path
 
-from newsletter import bounces, consent
+from newsletter import consent, verp
 from newsletter.extensions import db
 from newsletter.models import Campaign, CampaignStatus, PendingSignup, Subscriber, utcnow
 
@@ -45,8 +45,8 @@ def add_pending(email: str) -> int:
     return pending.id
 
 
-def verp(campaign_id: int | None, target_id: int, kind: str = "edition") -> str:
-    return bounces.verp_address(BOUNCE_ADDRESS, bounces.make_tag(kind, campaign_id, target_id))
+def return_path(campaign_id: int | None, target_id: int, kind: str = "edition") -> str:
+    return verp.verp_address(BOUNCE_ADDRESS, verp.make_tag(kind, campaign_id, target_id))
 
 
 def dsn(

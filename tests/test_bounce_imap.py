@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from newsletter import bounces, create_app
 from newsletter.extensions import db, get_redis
 from newsletter.models import Subscriber
-from tests.bounce_mail import BOUNCE_ADDRESS, add_edition, add_reader, at_once, dsn, verp
+from tests.bounce_mail import BOUNCE_ADDRESS, add_edition, add_reader, at_once, dsn, return_path
 
 DOVECOT = "/usr/sbin/dovecot"
 USER, PASSWORD = "bounces", "a-long-test-password"
@@ -162,7 +162,7 @@ def _notices(count: int) -> dict[int, bytes]:
     campaign_id = add_edition()
     readers = {add_reader(f"reader{n}@example.net"): n for n in range(count)}
     return {
-        reader_id: dsn(verp(campaign_id, reader_id), f"reader{n}@example.net")
+        reader_id: dsn(return_path(campaign_id, reader_id), f"reader{n}@example.net")
         for reader_id, n in readers.items()
     }
 
@@ -201,7 +201,7 @@ def test_a_poll_while_another_worker_polls_leaves_the_mailbox_alone(app, mailbox
 @pytest.mark.slow
 def test_a_message_that_cannot_be_handled_stays_for_the_next_poll(app, mailbox, base_environ):
     """The database is away (a loopback port nobody listens on): nothing is deleted."""
-    mailbox.append(dsn(verp(1, 1), "someone@example.net"))
+    mailbox.append(dsn(return_path(1, 1), "someone@example.net"))
     port = _free_port()
     away = create_app(
         test_config={"BOUNCE_ADDRESS": BOUNCE_ADDRESS, "BOUNCE_IMAP_CA_FILE": mailbox.ca_file},

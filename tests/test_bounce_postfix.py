@@ -27,10 +27,17 @@ from pathlib import Path
 
 import pytest
 
-from newsletter import bounces, mailing
+from newsletter import bounces, mailing, verp
 from newsletter.extensions import db
 from newsletter.models import Campaign, Subscriber
-from tests.bounce_mail import BOUNCE_ADDRESS, SAMPLES, add_edition, add_reader, rewritten, verp
+from tests.bounce_mail import (
+    BOUNCE_ADDRESS,
+    SAMPLES,
+    add_edition,
+    add_reader,
+    return_path,
+    rewritten,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTURED = SAMPLES / "postfix-3.7-unknown-user.eml"
@@ -131,8 +138,8 @@ def _send_edition_and_catch_the_notice(app, smtp, postfix_port, rcpt, subscriber
     """Send an edition built by the project, from our VERP sender, through Postfix."""
     template = mailing.edition_template("Our news", "<p>Hello</p>", "Hello")
     mail = template.render(rcpt, {"unsubscribe_url": "http://news.example.org/unsubscribe/x"})
-    sender = bounces.envelope_sender("edition", campaign, subscriber_id)
-    assert sender == verp(campaign, subscriber_id)
+    sender = verp.envelope_sender("edition", campaign, subscriber_id)
+    assert sender == return_path(campaign, subscriber_id)
     with smtplib.SMTP("127.0.0.1", postfix_port, timeout=30) as connection:
         connection.sendmail(sender, [rcpt], mail.data)
     deadline = time.monotonic() + 30
@@ -194,7 +201,7 @@ def test_the_captured_postfix_notice_erases_the_reader_it_names(app):
     reader_id = add_reader("captured@example.net")
     campaign_id = add_edition()
     message = rewritten(
-        CAPTURED.read_bytes(), "To", verp(campaign_id, reader_id), [], "captured@example.net"
+        CAPTURED.read_bytes(), "To", return_path(campaign_id, reader_id), [], "captured@example.net"
     )
     assert bounces.classify(message).kind is bounces.VerdictKind.PERMANENT
     assert bounces.handle(message).act is bounces.Act.ERASE_BOUNCED

@@ -7,7 +7,7 @@ import base64
 import pytest
 from sqlalchemy import select, text
 
-from newsletter import bounces, bounces_cli, create_app
+from newsletter import bounces, bounces_cli, create_app, verp
 from newsletter.config import BOUNCE_LOCAL_PART_MAX
 from newsletter.extensions import db
 from newsletter.models import Campaign, PendingSignup, Subscriber, Tally
@@ -20,8 +20,8 @@ from tests.bounce_mail import (
     arf,
     at_once,
     dsn,
+    return_path,
     rewritten,
-    verp,
 )
 from tests.conftest import SECRET
 
@@ -46,23 +46,23 @@ def _rows_mentioning(address: str) -> list[str]:
 
 
 def test_a_tag_names_campaign_and_reader_and_survives_lower_and_upper_case(app):
-    tag = bounces.make_tag("edition", 12, 3456)
-    assert len(tag) == bounces.TAG_LENGTH and tag == tag.lower()
-    expected = bounces.Tag(bounces.TagKind.EDITION, 12, 3456)
-    assert bounces.read_tag(tag) == expected
-    assert bounces.read_tag(tag.upper()) == expected
-    assert bounces.read_tag(bounces.make_tag("confirm", None, 77)) == bounces.Tag(
-        bounces.TagKind.CONFIRM, None, 77
+    tag = verp.make_tag("edition", 12, 3456)
+    assert len(tag) == verp.TAG_LENGTH and tag == tag.lower()
+    expected = verp.Tag(verp.TagKind.EDITION, 12, 3456)
+    assert verp.read_tag(tag) == expected
+    assert verp.read_tag(tag.upper()) == expected
+    assert verp.read_tag(verp.make_tag("confirm", None, 77)) == verp.Tag(
+        verp.TagKind.CONFIRM, None, 77
     )
 
 
 def test_a_tag_holds_no_address_and_the_whole_local_part_fits_in_64(app):
-    tag = bounces.make_tag("edition", 2**32 - 1, 2**32 - 1)
-    assert len(tag) == bounces.TAG_LENGTH
-    address = bounces.verp_address("b" * BOUNCE_LOCAL_PART_MAX + "@news.example.com", tag)
+    tag = verp.make_tag("edition", 2**32 - 1, 2**32 - 1)
+    assert len(tag) == verp.TAG_LENGTH
+    address = verp.verp_address("b" * BOUNCE_LOCAL_PART_MAX + "@news.example.com", tag)
     assert len(address.split("@")[0]) == 64
     with pytest.raises(ValueError):
-        bounces.verp_address("b" * (BOUNCE_LOCAL_PART_MAX + 1) + "@news.example.com", tag)
+        verp.verp_address("b" * (BOUNCE_LOCAL_PART_MAX + 1) + "@news.example.com", tag)
     # base32 of 4 + 4 id bytes and a MAC: nothing in it but the ids.
     assert base64.b32decode(tag.upper())[1:9] == b"\xff" * 8
 
@@ -79,14 +79,14 @@ def test_a_tag_holds_no_address_and_the_whole_local_part_fits_in_64(app):
     ],
 )
 def test_a_tampered_tag_is_refused(app, change):
-    assert bounces.read_tag(change(bounces.make_tag("edition", 5, 9))) is None
+    assert verp.read_tag(change(verp.make_tag("edition", 5, 9))) is None
 
 
 def test_a_tag_signed_with_another_key_is_refused_and_an_old_key_still_verifies(app, base_environ):
     other = create_app(environ={**base_environ, "SECRET_KEY": "another-secret-key-0123456789abc"})
     with other.app_context():
-        foreign = bounces.make_tag("edition", 5, 9)
-    assert bounces.read_tag(foreign) is None
+        foreign = verp.make_tag("edition", 5, 9)
+    assert verp.read_tag(foreign) is None
 
     rotated = create_app(
         environ={
@@ -95,10 +95,10 @@ def test_a_tag_signed_with_another_key_is_refused_and_an_old_key_still_verifies(
             "SECRET_KEY_FALLBACKS": SECRET,
         }
     )
-    old = bounces.make_tag("edition", 5, 9)
+    old = verp.make_tag("edition", 5, 9)
     with rotated.app_context():
-        assert bounces.read_tag(old) == bounces.Tag(bounces.TagKind.EDITION, 5, 9)
-        assert bounces.read_tag(foreign) is None
+        assert verp.read_tag(old) == verp.Tag(verp.TagKind.EDITION, 5, 9)
+        assert verp.read_tag(foreign) is None
     for made in (other, rotated):
         with made.app_context():
             db.engine.dispose()
@@ -106,12 +106,12 @@ def test_a_tag_signed_with_another_key_is_refused_and_an_old_key_still_verifies(
 
 
 def test_the_tag_is_read_back_from_a_verp_address_in_any_case(app):
-    tag = bounces.make_tag("edition", 1, 2)
-    address = bounces.verp_address(BOUNCE_ADDRESS, tag)
+    tag = verp.make_tag("edition", 1, 2)
+    address = verp.verp_address(BOUNCE_ADDRESS, tag)
     assert address == f"bounces+{tag}@news.example.com"
-    assert bounces.tag_in_address(f"<{address.upper()}>", BOUNCE_ADDRESS) == tag
-    assert bounces.tag_in_address(f"bounces+{tag}@other.example.com", BOUNCE_ADDRESS) is None
-    assert bounces.tag_in_address(f"news+{tag}@news.example.com", BOUNCE_ADDRESS) is None
+    assert verp.tag_in_address(f"<{address.upper()}>", BOUNCE_ADDRESS) == tag
+    assert verp.tag_in_address(f"bounces+{tag}@other.example.com", BOUNCE_ADDRESS) is None
+    assert verp.tag_in_address(f"news+{tag}@news.example.com", BOUNCE_ADDRESS) is None
 
 
 # --- real-world samples (flufl.bounce's test data) ---------------------------------------
@@ -156,13 +156,17 @@ def test_real_world_bounces_are_sorted_and_find_their_reader(app, name, failing,
     campaign_id = add_edition()
     header = RECIPIENT_HEADERS[[s[0] for s in SAMPLE_CLASSES].index(name) % 4]
     message = rewritten(
-        (SAMPLES / name).read_bytes(), header, verp(campaign_id, subscriber_id), failing, reader
+        (SAMPLES / name).read_bytes(),
+        header,
+        return_path(campaign_id, subscriber_id),
+        failing,
+        reader,
     )
 
     verdict = bounces.classify(message)
 
     assert verdict.kind.value == expected
-    assert verdict.tag == bounces.Tag(bounces.TagKind.EDITION, campaign_id, subscriber_id)
+    assert verdict.tag == verp.Tag(verp.TagKind.EDITION, campaign_id, subscriber_id)
 
 
 def test_a_permanent_bounce_erases_the_reader_and_counts_on_the_campaign(app, logs):
@@ -171,7 +175,7 @@ def test_a_permanent_bounce_erases_the_reader_and_counts_on_the_campaign(app, lo
     campaign_id = add_edition()
     sample = (SAMPLES / "postfix_01.txt").read_bytes()
     message = rewritten(
-        sample, "Delivered-To", verp(campaign_id, subscriber_id), [b"xxxxx@local.ie"], reader
+        sample, "Delivered-To", return_path(campaign_id, subscriber_id), [b"xxxxx@local.ie"], reader
     )
 
     outcome = bounces.handle(message)
@@ -194,7 +198,7 @@ def test_a_forged_bounce_erases_nobody(app):
     reader = "victim@example.net"
     subscriber_id = add_reader(reader)
     campaign_id = add_edition()
-    tag = bounces.make_tag("edition", campaign_id, subscriber_id)
+    tag = verp.make_tag("edition", campaign_id, subscriber_id)
     forged_tag = tag[:-1] + ("a" if tag[-1] != "a" else "b")
     forgeries = [
         dsn(f"bounces+{forged_tag}@news.example.com", reader),
@@ -215,7 +219,7 @@ def test_a_complaint_erases_the_reader_at_once_and_counts_as_one(app):
     reader = "annoyed@example.net"
     subscriber_id = add_reader(reader)
     campaign_id = add_edition()
-    report = arf(verp(campaign_id, subscriber_id), reader)
+    report = arf(return_path(campaign_id, subscriber_id), reader)
 
     assert bounces.classify(report).kind is bounces.VerdictKind.COMPLAINT
     outcome = bounces.handle(report)
@@ -231,7 +235,7 @@ def test_a_complaint_erases_the_reader_at_once_and_counts_as_one(app):
 def test_a_dmarc_failure_report_is_no_complaint(app):
     subscriber_id = add_reader("reader@example.net")
     campaign_id = add_edition()
-    report = arf(verp(campaign_id, subscriber_id), "reader@example.net", "auth-failure")
+    report = arf(return_path(campaign_id, subscriber_id), "reader@example.net", "auth-failure")
     assert bounces.handle(report).act is bounces.Act.NOTHING
     assert db.session.get(Subscriber, subscriber_id) is not None
 
@@ -240,7 +244,11 @@ def test_an_auto_reply_changes_nothing(app):
     subscriber_id = add_reader("away@example.net")
     campaign_id = add_edition()
     message = rewritten(
-        (SAMPLES / "qmail_08.txt").read_bytes(), "To", verp(campaign_id, subscriber_id), [], ""
+        (SAMPLES / "qmail_08.txt").read_bytes(),
+        "To",
+        return_path(campaign_id, subscriber_id),
+        [],
+        "",
     )
     outcome = bounces.handle(message)
     assert (outcome.act, outcome.why) == (bounces.Act.NOTHING, "auto-reply")
@@ -254,7 +262,7 @@ def test_soft_bounces_on_different_editions_in_a_row_erase_at_the_limit(app):
     first, second, third = (add_edition(f"E{n}", started_days_ago=90 - 30 * n) for n in range(3))
 
     def soft(campaign_id, action="delayed"):
-        return bounces.handle(dsn(verp(campaign_id, subscriber_id), reader, "4.2.2", action))
+        return bounces.handle(dsn(return_path(campaign_id, subscriber_id), reader, "4.2.2", action))
 
     assert soft(first).act is bounces.Act.COUNT_SOFT_BOUNCE
     assert soft(first, "failed").act is bounces.Act.NOTHING  # the same edition counts once
@@ -274,7 +282,9 @@ def test_an_edition_that_came_back_clean_starts_the_count_again(app):
     editions = [add_edition(f"E{n}", started_days_ago=150 - 30 * n) for n in range(5)]
 
     def soft(campaign_id):
-        return bounces.handle(dsn(verp(campaign_id, subscriber_id), reader, "4.4.1", "delayed"))
+        return bounces.handle(
+            dsn(return_path(campaign_id, subscriber_id), reader, "4.4.1", "delayed")
+        )
 
     soft(editions[0])
     soft(editions[1])
@@ -287,11 +297,13 @@ def test_an_edition_that_came_back_clean_starts_the_count_again(app):
 def test_a_bounced_confirmation_mail_ends_the_pending_sign_up(app):
     pending_id = add_pending("typo@example.net")
     kept = add_pending("other@example.net")
-    temporary = dsn(verp(None, pending_id, "confirm"), "typo@example.net", "4.2.1", "delayed")
+    temporary = dsn(
+        return_path(None, pending_id, "confirm"), "typo@example.net", "4.2.1", "delayed"
+    )
     assert bounces.handle(temporary).act is bounces.Act.NOTHING
     assert db.session.get(PendingSignup, pending_id) is not None
 
-    outcome = bounces.handle(dsn(verp(None, pending_id, "confirm"), "typo@example.net"))
+    outcome = bounces.handle(dsn(return_path(None, pending_id, "confirm"), "typo@example.net"))
 
     assert outcome.act is bounces.Act.END_PENDING and outcome.pending_id == pending_id
     db.session.expire_all()
@@ -303,7 +315,7 @@ def test_a_bounced_confirmation_mail_ends_the_pending_sign_up(app):
 def test_a_delivered_notice_changes_nothing(app):
     subscriber_id = add_reader("fine@example.net")
     campaign_id = add_edition()
-    notice = dsn(verp(campaign_id, subscriber_id), "fine@example.net", "2.0.0", "delivered")
+    notice = dsn(return_path(campaign_id, subscriber_id), "fine@example.net", "2.0.0", "delivered")
     assert bounces.classify(notice).kind is bounces.VerdictKind.IGNORE
     assert bounces.handle(notice).act is bounces.Act.NOTHING
 
@@ -312,7 +324,7 @@ def test_decide_reads_and_changes_nothing(app):
     reader = "still@example.net"
     subscriber_id = add_reader(reader)
     campaign_id = add_edition()
-    action = bounces.decide(dsn(verp(campaign_id, subscriber_id), reader))
+    action = bounces.decide(dsn(return_path(campaign_id, subscriber_id), reader))
     assert action == bounces.Action(
         bounces.Act.ERASE_BOUNCED, subscriber_id=subscriber_id, campaign_id=campaign_id
     )
@@ -335,7 +347,7 @@ def test_bounces_read_handles_a_message_on_stdin_and_exits_0(app, bounce_runner)
     subscriber_id = add_reader(reader)
     campaign_id = add_edition()
     result = bounce_runner.invoke(
-        args=["bounces", "read"], input=dsn(verp(campaign_id, subscriber_id), reader)
+        args=["bounces", "read"], input=dsn(return_path(campaign_id, subscriber_id), reader)
     )
     assert result.exit_code == 0, result.output
     assert f"erase_bounced subscriber {subscriber_id}" in result.output
@@ -361,7 +373,7 @@ def test_bounces_read_exits_75_when_the_database_is_away(base_environ):
     bounces_cli.init_app(away)
     try:
         with away.app_context():
-            message = dsn(verp(1, 1), "someone@example.net")
+            message = dsn(return_path(1, 1), "someone@example.net")
             result = away.test_cli_runner().invoke(args=["bounces", "read"], input=message)
     finally:
         away.extensions["redis"].close()
@@ -432,9 +444,9 @@ def test_a_bad_bounce_setting_stops_the_start_with_one_clear_line(
 
 def test_envelope_sender_is_none_without_bounce_address(app):
     app.config["BOUNCE_ADDRESS"] = None
-    assert bounces.envelope_sender("edition", 1, 2) is None
+    assert verp.envelope_sender("edition", 1, 2) is None
     # Without a bounce address no tag can be found either: nothing is ever erased.
-    assert bounces.classify(dsn(verp(1, 2), "someone@example.net")).tag is None
+    assert bounces.classify(dsn(return_path(1, 2), "someone@example.net")).tag is None
 
 
 def test_the_same_bounce_handled_twice_at_once_counts_once(app):
@@ -443,7 +455,7 @@ def test_the_same_bounce_handled_twice_at_once_counts_once(app):
     rounds = 5
     for n in range(rounds):
         reader = f"twin{n}@example.net"
-        message = dsn(verp(campaign_id, add_reader(reader)), reader)
+        message = dsn(return_path(campaign_id, add_reader(reader)), reader)
         outcomes = at_once(app, *[lambda m=message: bounces.handle(m).act] * 2)
         assert sorted(outcomes) == [bounces.Act.ERASE_BOUNCED, bounces.Act.NOTHING]
     db.session.expire_all()
