@@ -10,7 +10,8 @@ import os
 import re
 from email.header import Header
 from pathlib import Path
-from urllib.parse import quote
+from typing import NamedTuple
+from urllib.parse import quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import idna
@@ -146,6 +147,129 @@ def _check_list_id(value: str) -> str:
     if not phrase.isascii():
         phrase = Header(phrase, "utf-8").encode()
     return f"{phrase} <{list_id}>" if phrase else f"<{list_id}>"
+
+
+# --- deliverability: VERP bounces and DKIM (docs/deliverability.md) ----------------------
+
+# A VERP tag is 32 characters (newsletter/bounces.py); with the "+" the whole local part of
+# BOUNCE_ADDRESS plus the tag stays within SMTP's 64 (RFC 5321 section 4.5.3.1.1).
+BOUNCE_LOCAL_PART_MAX = 64 - 1 - 32
+
+
+class ImapTarget(NamedTuple):
+    host: str
+    port: int
+    user: str
+    password: str
+    mailbox: str
+
+
+def parse_imap_url(url: str) -> ImapTarget:
+    """Read ``imaps://user:password@host[:port]/MAILBOX`` (user and password percent-encoded)."""
+    parts = urlsplit(url)
+    if parts.scheme != "imaps" or not parts.hostname or not parts.username:
+        raise ConfigError("BOUNCE_IMAP_URL must look like imaps://user:password@host/INBOX")
+    try:
+        port = parts.port or 993
+    except ValueError:
+        raise ConfigError("BOUNCE_IMAP_URL has a bad port") from None
+    mailbox = unquote(parts.path.lstrip("/")) or "INBOX"
+    return ImapTarget(
+        parts.hostname, port, unquote(parts.username), unquote(parts.password or ""), mailbox
+    )
+
+
+def _bounce_address(value: str) -> str:
+    local, at, domain = value.strip().rpartition("@")
+    if not at or not re.fullmatch(r"[A-Za-z0-9._-]+", local) or not domain:
+        raise ConfigError(
+            f"BOUNCE_ADDRESS must be one plain address like bounces@news.example.com, "
+            f"without '+', not {value!r}"
+        )
+    if len(local) > BOUNCE_LOCAL_PART_MAX:
+        raise ConfigError(
+            f"BOUNCE_ADDRESS: the part before @ may have at most {BOUNCE_LOCAL_PART_MAX} "
+            "characters (the VERP tag needs the rest of SMTP's 64)"
+        )
+    return f"{local.lower()}@{_idna_host('BOUNCE_ADDRESS', domain)}"
+
+
+_PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
+
+
+def _dkim_key(path: str) -> tuple[str, bytes]:
+    """Read the DKIM key file once; return (algorithm, key in dkimpy's form).
+
+    RSA keys are PEM (``openssl genrsa``, PKCS#1 or PKCS#8); Ed25519 keys are PEM from
+    ``openssl genpkey -algorithm ed25519`` or dkimpy's base64 seed (``dknewkey``).
+    """
+    import base64
+    import binascii
+
+    from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"DKIM_PRIVATE_KEY_FILE {path!r} cannot be read ({exc.strerror})"
+        ) from None
+    text = data.replace(b"\r\n", b"\n").strip()
+    body = b"".join(line for line in text.split(b"\n") if not line.startswith(b"-----"))
+    try:
+        der = base64.b64decode(body, validate=True)
+    except binascii.Error:
+        der = b""
+    if len(der) == 48 and der.startswith(_PKCS8_ED25519):
+        return "ed25519-sha256", base64.b64encode(der[16:])
+    if len(der) == 32 and not text.startswith(b"-----"):
+        return "ed25519-sha256", body
+    try:
+        key = parse_pem_private_key(text + b"\n")
+    except (UnparsableKeyError, ValueError, IndexError, TypeError):
+        raise ConfigError(
+            f"DKIM_PRIVATE_KEY_FILE {path!r} holds no RSA or Ed25519 private key"
+        ) from None
+    if key["modulus"].bit_length() < 1024:
+        raise ConfigError("DKIM_PRIVATE_KEY_FILE: the RSA key is shorter than 1024 bits")
+    return "rsa-sha256", text + b"\n"
+
+
+def _deliverability(env: dict[str, str]) -> dict:
+    """BOUNCE_* and DKIM_*: both features are off until their variables are set."""
+    bounce_address = env.get("BOUNCE_ADDRESS", "").strip()
+    imap_url = env.get("BOUNCE_IMAP_URL", "").strip()
+    if imap_url:
+        parse_imap_url(imap_url)
+    ca_file = env.get("BOUNCE_IMAP_CA_FILE", "").strip()
+    if ca_file and not os.access(ca_file, os.R_OK):
+        raise ConfigError(f"BOUNCE_IMAP_CA_FILE {ca_file!r} cannot be read")
+    config: dict = {
+        "BOUNCE_ADDRESS": _bounce_address(bounce_address) if bounce_address else None,
+        "BOUNCE_IMAP_URL": imap_url or None,
+        # A CA bundle to trust instead of the system's (a self-signed IMAP server).
+        "BOUNCE_IMAP_CA_FILE": ca_file or None,
+        "BOUNCE_SOFT_LIMIT": _int(
+            "BOUNCE_SOFT_LIMIT", env.get("BOUNCE_SOFT_LIMIT", "3"), minimum=1
+        ),
+        "DKIM_DOMAIN": None,
+        "DKIM_SELECTOR": None,
+        "DKIM_ALGORITHM": None,
+        "DKIM_KEY": None,
+    }
+    dkim = {name: env.get(name, "").strip() for name in ("DKIM_DOMAIN", "DKIM_SELECTOR")}
+    key_file = env.get("DKIM_PRIVATE_KEY_FILE", "").strip()
+    if any(dkim.values()) or key_file:
+        if not all(dkim.values()) or not key_file:
+            raise ConfigError(
+                "DKIM needs all of DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", dkim["DKIM_SELECTOR"]):
+            raise ConfigError(f"DKIM_SELECTOR {dkim['DKIM_SELECTOR']!r} is not a DNS label")
+        config["DKIM_DOMAIN"] = _idna_host("DKIM_DOMAIN", dkim["DKIM_DOMAIN"])
+        config["DKIM_SELECTOR"] = dkim["DKIM_SELECTOR"].lower()
+        config["DKIM_ALGORITHM"], config["DKIM_KEY"] = _dkim_key(key_file)
+    return config
 
 
 def process_environ() -> dict[str, str]:
@@ -322,6 +446,7 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "TESTING": mode == "testing",
         "USING_MAKE_RUN_SETTINGS": borrowed,
     }
+    config.update(_deliverability(env))
     try:
         ZoneInfo("Europe/Berlin")
     except ZoneInfoNotFoundError:  # pragma: no cover - depends on the host

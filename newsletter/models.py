@@ -106,6 +106,9 @@ class Subscriber(db.Model):
     consent_text_id: Mapped[int] = mapped_column(ForeignKey("consent_text.id"))
     ip_prefix: Mapped[str | None] = mapped_column(String(64))
     email_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Soft bounces (4.x.x) on different editions in a row, and the edition of the last one.
+    soft_bounces: Mapped[int] = mapped_column(default=0)
+    last_soft_bounce_campaign_id: Mapped[int | None]
 
     consent_text: Mapped[ConsentText] = relationship(lazy="joined")
 
@@ -154,6 +157,8 @@ class Campaign(db.Model):
     sent: Mapped[int] = mapped_column(default=0)
     failed: Mapped[int] = mapped_column(default=0)
     unknown: Mapped[int] = mapped_column(default=0)
+    bounced: Mapped[int] = mapped_column(default=0)  # permanent bounces that came back later
+    complaints: Mapped[int] = mapped_column(default=0)  # spam reports (ARF)
 
 
 class BatchStatus(enum.StrEnum):

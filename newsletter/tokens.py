@@ -7,15 +7,19 @@ tokens end up in access logs, browser history and link scanners.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 
 from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous.signer import Signer
 
 
 class Purpose(enum.StrEnum):
     CONFIRM = "confirm"
     UNSUBSCRIBE = "unsubscribe"
     MANAGE = "manage"
+    BOUNCE = "bounce"  # VERP tags in the envelope sender (short_mac, not make/read/url)
 
 
 # Purposes whose links expire, and the config key that says after how long.
@@ -67,3 +71,30 @@ def read(purpose: Purpose, token: str) -> str:
 def url(purpose: Purpose, key: str) -> str:
     """Build the public link for ``key``; from PUBLIC_URL only, never the request's Host."""
     return f"{current_app.config['PUBLIC_URL']}/{purpose.value}/{make(purpose, key)}"
+
+
+def _signer(purpose: Purpose) -> Signer:
+    return Signer(_keys(), salt=f"newsletter-{purpose.value}", digest_method=hashlib.sha256)
+
+
+def short_mac(purpose: Purpose, payload: bytes, size: int) -> bytes:
+    """The first ``size`` bytes of the payload's HMAC-SHA256 under the newest key.
+
+    For values that must be short and case-insensitive (a VERP tag in an address's local
+    part), where an itsdangerous token's base64 does not fit.
+    """
+    signer = _signer(purpose)
+    return signer.algorithm.get_signature(signer.derive_key(), payload)[:size]
+
+
+def check_short_mac(purpose: Purpose, payload: bytes, mac: bytes) -> bool:
+    """Whether ``mac`` is short_mac(payload) under any key, the fallbacks included."""
+    signer = _signer(purpose)
+    if not mac:
+        return False
+    return any(
+        hmac.compare_digest(
+            signer.algorithm.get_signature(signer.derive_key(key), payload)[: len(mac)], mac
+        )
+        for key in signer.secret_keys
+    )
