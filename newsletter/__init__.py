@@ -83,7 +83,7 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     limiter.init_app(app)
     init_redis(app, redis_url, embedded_folder=app.instance_path if embedded else None)
 
-    from newsletter import admin, api, cli
+    from newsletter import admin, api, bounces_cli, cli
     from newsletter.web import dev, manage, public, security
 
     security.init_app(app)
@@ -93,6 +93,7 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     admin.init_app(app)
     dev.init_app(app)  # only in development, with a local outbox
     cli.init_app(app)
+    bounces_cli.init_app(app)
     return app
 
 

@@ -221,7 +221,7 @@ def _bounces_read(app, message: bytes) -> subprocess.CompletedProcess:
         "PYTHONPATH": str(ROOT),
     }
     return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "tests.bounce_app", "bounces", "read"],
+        [sys.executable, "-m", "flask", "--app", "newsletter", "bounces", "read"],
         input=message,
         env=environ,
         cwd=str(ROOT),

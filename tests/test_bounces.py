@@ -7,7 +7,7 @@ import base64
 import pytest
 from sqlalchemy import select, text
 
-from newsletter import bounces, bounces_cli, create_app, verp
+from newsletter import bounces, create_app, verp
 from newsletter.config import BOUNCE_LOCAL_PART_MAX
 from newsletter.extensions import db
 from newsletter.models import Campaign, PendingSignup, Subscriber, Tally
@@ -338,7 +338,6 @@ def test_decide_reads_and_changes_nothing(app):
 
 @pytest.fixture
 def bounce_runner(app):
-    bounces_cli.init_app(app)
     return app.test_cli_runner()
 
 
@@ -370,7 +369,6 @@ def test_bounces_read_exits_75_when_the_database_is_away(base_environ):
         port = probe.getsockname()[1]
     environ = {**base_environ, "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{port}/none"}
     away = create_app(test_config={"BOUNCE_ADDRESS": BOUNCE_ADDRESS}, environ=environ)
-    bounces_cli.init_app(away)
     try:
         with away.app_context():
             message = dsn(return_path(1, 1), "someone@example.net")

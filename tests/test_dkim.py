@@ -9,7 +9,7 @@ import subprocess
 import dkim as dkimpy
 import pytest
 
-from newsletter import bounces_cli, create_app, dkim, mailing
+from newsletter import create_app, dkim, mailing
 from newsletter.config import ConfigError, load
 from newsletter.extensions import db
 
@@ -94,7 +94,6 @@ def test_a_confirmation_mail_signs_only_the_headers_it_has(signing_app):
 
 
 def test_dkim_record_prints_the_txt_record_in_strings_of_at_most_255(signing_app):
-    bounces_cli.init_app(signing_app)
     result = signing_app.test_cli_runner().invoke(args=["dkim", "record"])
     assert result.exit_code == 0, result.output
     line = result.output.strip()
