@@ -25,7 +25,7 @@ from flask import (
 )
 from sqlalchemy import func, select
 
-from newsletter import auth, campaigns, editor, jobs, slots, stats, subscriptions
+from newsletter import auth, campaigns, editor, slots, stats, subscriptions
 from newsletter.extensions import db, limiter
 from newsletter.models import Campaign, CampaignStatus, Subscriber, utcnow
 from newsletter.slots import MonthlySlot
@@ -155,8 +155,8 @@ def subscriber_history(months: int = DASHBOARD_MONTHS) -> list[dict]:
 def failed_confirmations() -> int:
     """Confirmation mails given up this month: the receiving server refused them."""
     month = _last_months(1)[0]
-    counts = stats.monthly([jobs.CONFIRMATION_FAILED]).get(month, {})
-    return counts.get(jobs.CONFIRMATION_FAILED, 0)
+    counts = stats.monthly([subscriptions.CONFIRMATION_FAILED]).get(month, {})
+    return counts.get(subscriptions.CONFIRMATION_FAILED, 0)
 
 
 def _campaign_for(moment: datetime) -> Campaign | None:

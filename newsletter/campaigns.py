@@ -17,7 +17,7 @@ from flask import current_app
 from sqlalchemy import CursorResult, func, select
 from sqlalchemy import update as sql_update
 
-from newsletter import addresses, sanitizer
+from newsletter import addresses, mailing, sanitizer, sending, smtp
 from newsletter.extensions import db
 from newsletter.models import (
     AdminUser,
@@ -315,21 +315,19 @@ def schedule_and_start(
         status_reason=None,
     )
     log.info("campaign %s scheduled for %s", campaign_id, when.isoformat())
-    if when <= utcnow() and not _tick_now(campaign_id):
+    if when <= utcnow() and not _start_now(campaign_id):
         return campaign, QUEUE_DOWN_NOTE
     return campaign, None
 
 
-def _tick_now(campaign_id: int) -> bool:
+def _start_now(campaign_id: int) -> bool:
     """Start a due campaign within seconds instead of waiting for the next periodic tick.
 
     Returns False when Redis is unreachable: the campaign is committed as scheduled and
     the periodic tick starts it once Redis is back, so the outage is no error here.
     """
-    from newsletter import jobs
-
     try:
-        jobs.enqueue("tick", jobs.tick, job_id=f"tick-now-{campaign_id}", timeout=300)
+        sending.enqueue_start(campaign_id)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         log.warning(
             "campaign %s: queue unreachable (%s); the periodic tick will start it",
@@ -369,8 +367,6 @@ def resume(campaign_id: int) -> Campaign:
         status=CampaignStatus.SENDING,
         status_reason=None,
     )
-    from newsletter import sending
-
     sending.resume(campaign_id)
     log.info("campaign %s resumed", campaign_id)
     return campaign
@@ -383,8 +379,6 @@ def send_test(campaign_id: int, to: str) -> None:
     the service into a mailer to anyone. When the mail server does not take the copy,
     CopyNotSent says why, in words that quote no address.
     """
-    from newsletter import mailing, smtp
-
     campaign = get(campaign_id)
     try:
         address = addresses.normalize(to if isinstance(to, str) else "")
@@ -416,8 +410,6 @@ def _why_not_taken(error: Exception) -> str:
 def totals(campaign: Campaign) -> dict[str, int]:
     """Recipients, sent, failed and unknown: live while sending, stored totals after."""
     if campaign.status in (CampaignStatus.SENDING, CampaignStatus.PAUSED, CampaignStatus.CANCELLED):
-        from newsletter import sending
-
         return sending.live_totals(campaign)
     return {
         "recipients": campaign.recipients,

@@ -28,15 +28,12 @@ import time
 from datetime import timedelta
 
 from flask import current_app
-from rq import Queue
-from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import Job, JobStatus
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from newsletter import jobs, mailing, smtp, subscriptions
-from newsletter.extensions import db, get_queue, get_redis
+from newsletter import erasure, mailing, smtp, tokens
+from newsletter.extensions import db, get_redis
 from newsletter.models import (
     BatchStatus,
     Campaign,
@@ -46,6 +43,7 @@ from newsletter.models import (
     Subscriber,
     utcnow,
 )
+from newsletter.queue import enqueue, enqueue_new, job
 
 log = logging.getLogger(__name__)
 
@@ -118,22 +116,47 @@ def _requeue_grace() -> timedelta:
     return timedelta(seconds=current_app.config["TICK_INTERVAL"])
 
 
-@jobs.tick_task
 def start_due_campaigns() -> None:
     """Start every scheduled campaign whose time has come; pause long-overdue ones."""
-    now = utcnow()
-    overdue = now - timedelta(seconds=current_app.config["OVERDUE_LIMIT"])
     due = db.session.execute(
         select(Campaign.id, Campaign.send_at)
-        .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= now)
+        .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= utcnow())
         .order_by(Campaign.send_at)
     ).all()
     db.session.rollback()
     for campaign_id, send_at in due:
-        if send_at < overdue:
-            _pause_overdue(campaign_id, overdue)
-        else:
-            start(campaign_id)
+        _start_or_pause(campaign_id, send_at)
+
+
+def enqueue_start(campaign_id: int) -> None:
+    """Start one due campaign within seconds instead of at the next tick ("send now").
+
+    Raises Redis's errors when it is unreachable; the tick starts the campaign later.
+    """
+    enqueue("tick", start_campaign, campaign_id, job_id=f"start-{campaign_id}", timeout=300)
+
+
+@job
+def start_campaign(campaign_id: int) -> None:
+    """Start one campaign if it is due, as the tick would (and pause it if long overdue)."""
+    send_at = db.session.scalar(
+        select(Campaign.send_at).where(
+            Campaign.id == campaign_id,
+            Campaign.status == CampaignStatus.SCHEDULED,
+            Campaign.send_at <= utcnow(),
+        )
+    )
+    db.session.rollback()
+    if send_at is not None:
+        _start_or_pause(campaign_id, send_at)
+
+
+def _start_or_pause(campaign_id: int, send_at) -> None:
+    overdue = utcnow() - timedelta(seconds=current_app.config["OVERDUE_LIMIT"])
+    if send_at < overdue:
+        _pause_overdue(campaign_id, overdue)
+    else:
+        start(campaign_id)
 
 
 def _pause_overdue(campaign_id: int, overdue) -> None:
@@ -267,57 +290,15 @@ def _batch_timeout() -> int:
 
 def _enqueue_new(pending) -> None:
     """Enqueue fresh batch jobs in one Redis round trip."""
-    if not pending:
-        return
-    queue = get_queue("send")
-    timeout = _batch_timeout()
-    with get_redis().pipeline() as pipe:
-        queue.enqueue_many(
-            [
-                Queue.prepare_data(
-                    send_batch,
-                    (batch_id,),
-                    job_id=_job_id(batch_id, attempts),
-                    timeout=timeout,
-                    result_ttl=0,
-                    failure_ttl=jobs.FAILURE_TTL,
-                    description="send_batch",
-                )
-                for batch_id, attempts in pending
-            ],
-            pipeline=pipe,
-        )
-        pipe.execute()
+    calls = [((batch_id,), _job_id(batch_id, attempts)) for batch_id, attempts in pending]
+    enqueue_new("send", send_batch, calls, _batch_timeout())
 
 
 def _enqueue_again(batch_id: int, attempts: int) -> None:
     """Enqueue a batch unless its job still waits; a failed job's id is freed first."""
-    job_id = _job_id(batch_id, attempts)
-    for _ in range(2):
-        try:
-            get_queue("send").enqueue(
-                send_batch,
-                batch_id,
-                job_id=job_id,
-                unique=True,
-                description="send_batch",
-                result_ttl=0,
-                failure_ttl=jobs.FAILURE_TTL,
-                job_timeout=_batch_timeout(),
-            )
-            return
-        except DuplicateJobError:
-            try:
-                job = Job.fetch(job_id, connection=get_redis())
-            except NoSuchJobError:
-                continue  # it finished a moment ago
-            if job.get_status(refresh=False) not in (
-                JobStatus.FAILED,
-                JobStatus.STOPPED,
-                JobStatus.CANCELED,
-            ):
-                return  # it waits in the queue or runs: nothing to do
-            job.delete()
+    enqueue(
+        "send", send_batch, batch_id, job_id=_job_id(batch_id, attempts), timeout=_batch_timeout()
+    )
 
 
 # --- the batch job --------------------------------------------------------------------
@@ -331,7 +312,7 @@ def _lease_until():
     return utcnow() + timedelta(seconds=current_app.config["SEND_LEASE"])
 
 
-@jobs.job
+@job
 def send_batch(batch_id: int) -> None:
     """Send one batch, resuming after its cursor; exit quietly when it is not ours to send."""
     owner = _owner()
@@ -449,7 +430,7 @@ class _Sender:
         """
         try:
             mail = self.template.render(
-                subscriber.email, {"unsubscribe_url": subscriptions.unsubscribe_url(subscriber)}
+                subscriber.email, {"unsubscribe_url": tokens.unsubscribe_url(subscriber)}
             )
         except ValueError:
             log.warning("subscriber %s: address cannot be sent to; counted failed", subscriber.id)
@@ -741,13 +722,12 @@ def _erase_undeliverable(subscriber_id: int) -> None:
     """A 5.1.1/5.1.10 answer about the recipient: the address does not exist; let it go."""
     subscriber = db.session.get(Subscriber, subscriber_id)
     if subscriber is not None:
-        subscriptions.erase(subscriber, "undeliverable")
+        erasure.erase(subscriber, "undeliverable")
 
 
 # --- deferred deliveries (4xx) -----------------------------------------------------------
 
 
-@jobs.tick_task
 def retry_deferred() -> None:
     """Enqueue a retry job for each sending campaign with deferred messages now due."""
     now = utcnow()
@@ -764,7 +744,7 @@ def retry_deferred() -> None:
     db.session.rollback()
     slot = int(time.time() // current_app.config["TICK_INTERVAL"])
     for campaign_id in due:
-        jobs.enqueue(
+        enqueue(
             "send",
             send_deferred,
             campaign_id,
@@ -773,7 +753,7 @@ def retry_deferred() -> None:
         )
 
 
-@jobs.job
+@job
 def send_deferred(campaign_id: int) -> None:
     """Try the due deferred messages of one campaign again, each under its own lease."""
     if db.session.scalar(select(campaigns.c.status).where(campaigns.c.id == campaign_id)) != (
@@ -914,7 +894,6 @@ class DeferredRun(_Sender):
 # --- recovery, finishing, totals ---------------------------------------------------------
 
 
-@jobs.tick_task
 def recover_batches() -> None:
     """Enqueue again the batches of sending campaigns that nobody holds.
 
@@ -937,7 +916,6 @@ def recover_batches() -> None:
         _enqueue_again(batch_id, attempts)
 
 
-@jobs.tick_task
 def finish_campaigns() -> None:
     """Finish sending campaigns with nothing left; settle cancelled ones."""
     sending = db.session.scalars(

@@ -67,3 +67,17 @@ def read(purpose: Purpose, token: str) -> str:
 def url(purpose: Purpose, key: str) -> str:
     """Build the public link for ``key``; from PUBLIC_URL only, never the request's Host."""
     return f"{current_app.config['PUBLIC_URL']}/{purpose.value}/{make(purpose, key)}"
+
+
+def unsubscribe_url(subscriber) -> str:
+    """The personal unsubscribe link every newsletter carries.
+
+    It names the subscription's random ``token_key``, not the address, and does not
+    expire: it works until the subscriber is gone and never for a later subscription.
+    """
+    return url(Purpose.UNSUBSCRIBE, subscriber.token_key)
+
+
+def manage_url(subscriber) -> str:
+    """The personal, expiring link to a subscriber's manage page (MANAGE_MAX_AGE)."""
+    return url(Purpose.MANAGE, subscriber.token_key)

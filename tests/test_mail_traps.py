@@ -9,7 +9,8 @@ import pytest
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
 from newsletter import mailing, smtp
-from newsletter.extensions import get_queue, get_redis
+from newsletter.extensions import get_redis
+from newsletter.queue import get_queue
 from tests.conftest import csrf_token
 
 
@@ -53,9 +54,9 @@ def test_a_confirmation_job_failed_by_a_relay_outage_is_enqueued_again_by_the_ti
 
     from sqlalchemy import select
 
-    from newsletter import jobs
     from newsletter.extensions import db
     from newsletter.models import PendingSignup
+    from newsletter.tick import enqueue_tick
 
     mail = app.extensions["mail"]
     relay_port = mail.port
@@ -72,7 +73,7 @@ def test_a_confirmation_job_failed_by_a_relay_outage_is_enqueued_again_by_the_ti
     pending = db.session.scalar(select(PendingSignup))
     pending.requested_at -= timedelta(minutes=2)
     db.session.commit()
-    jobs.enqueue_tick(7)
+    enqueue_tick(7)
     work()
     work()
     assert [m.rcpt_tos for m in smtp.messages] == [["later@example.com"]]
