@@ -8,7 +8,6 @@ second marketer ends in a clear WrongState instead of a lost update.
 from __future__ import annotations
 
 import logging
-import smtplib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -17,8 +16,10 @@ from flask import current_app
 from sqlalchemy import CursorResult, func, select
 from sqlalchemy import update as sql_update
 
-from newsletter import addresses, mailing, sanitizer, sending, smtp
+from newsletter import addresses, sanitizer, sending
 from newsletter.extensions import db
+from newsletter.mail import builders, smtp
+from newsletter.mail.rendering import html_to_text
 from newsletter.models import (
     AdminUser,
     Campaign,
@@ -28,7 +29,6 @@ from newsletter.models import (
     Subscriber,
     utcnow,
 )
-from newsletter.rendering import html_to_text
 from newsletter.slots import MonthlySlot
 
 log = logging.getLogger(__name__)
@@ -387,24 +387,27 @@ def send_test(campaign_id: int, to: str) -> None:
     if db.session.scalar(select(AdminUser.id).where(AdminUser.email == address)) is None:
         raise Invalid({"to": "Test copies go only to the address of a staff (admin) account."})
     html = sanitizer.clean(campaign.html)  # also for a draft stored before cleaning existed
-    template = mailing.edition_template(campaign.subject, html, campaign.text)
+    template = builders.edition_template(campaign.subject, html, campaign.text)
     unsubscribe_url = current_app.config["PUBLIC_URL"] + TEST_COPY_PATH
     try:
-        smtp.send(template.render(address, {"unsubscribe_url": unsubscribe_url}))
-    except (smtplib.SMTPException, OSError) as exc:
+        smtp.send(
+            template.render(address, {"unsubscribe_url": unsubscribe_url}),
+            f"campaign {campaign_id}: test copy",
+        )
+    except smtp.MailNotSent as exc:
         why = _why_not_taken(exc)
         log.warning("campaign %s: test copy not sent: %s", campaign_id, why)
         raise CopyNotSent(f"The mail server did not take the test copy: {why}.") from None
     log.info("campaign %s: test copy sent", campaign_id)
 
 
-def _why_not_taken(error: Exception) -> str:
+def _why_not_taken(error: smtp.MailNotSent) -> str:
     """Say what the mail server did, without its reply text (it may quote the address)."""
-    if isinstance(error, smtplib.SMTPResponseException):
-        return f"it answered {error.smtp_code}"
-    if isinstance(error, smtplib.SMTPRecipientsRefused):
-        return f"it refused the address ({sorted({c for c, _ in error.recipients.values()})})"
-    return f"it could not be reached ({type(error).__name__})"
+    if isinstance(error, smtp.MailRefused) and error.stage == "rcpt":
+        return f"it refused the address ([{error.code}])"
+    if error.code is not None:
+        return f"it answered {error.code}"
+    return f"it could not be reached ({error.detail})"
 
 
 def totals(campaign: Campaign) -> dict[str, int]:

@@ -15,25 +15,24 @@ ends, the totals move to the campaign row and the bookkeeping is deleted.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import os
-import re
 import secrets
-import smtplib
 import socket
-import ssl
 import time
 from datetime import timedelta
+from typing import NoReturn
 
 from flask import current_app
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from newsletter import erasure, mailing, smtp, tokens
+from newsletter import erasure, tokens
 from newsletter.extensions import db, get_redis
+from newsletter.mail import builders, smtp
+from newsletter.mail.smtp import Outcome
 from newsletter.models import (
     BatchStatus,
     Campaign,
@@ -49,7 +48,6 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # subscribers read per query inside a batch
 STATUS_CHECK_SECONDS = 1.0  # how often a running batch looks whether it was paused or cancelled
-IDLE_PROBE_SECONDS = 10.0  # a connection idle this long gets a NOOP before the next message
 
 campaigns = Campaign.__table__
 batches = SendBatch.__table__
@@ -57,55 +55,8 @@ deferred = DeferredDelivery.__table__
 subscribers = Subscriber.__table__
 
 
-class Outcome(enum.Enum):
-    SENT = "sent"
-    DEFERRED = "deferred"  # 4xx: try again later
-    NO_MAILBOX = "no_mailbox"  # 5.1.1/5.1.10 for the recipient: it does not exist; erase it
-    BLOCKED = "blocked"  # 5.7.x: policy or reputation block; a human must look
-    SENDER = "sender"  # our sender address was refused (MAIL FROM, 5.1.7/5.1.8); a human must look
-    FAILED = "failed"  # any other permanent refusal
-    UNKNOWN = "unknown"  # the connection dropped after DATA: maybe delivered, never resend
-
-
-_ENHANCED_STATUS = re.compile(rb"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-
-def classify(code: int, message: bytes | str, stage: str = "rcpt") -> Outcome:
-    """Sort an SMTP refusal by its reply code, enhanced status code (RFC 3463) and stage.
-
-    ``stage`` is "mail" (MAIL FROM: about our sender), "rcpt" or "data". Only 5.1.1 and
-    5.1.10 about the recipient mean the address does not exist; 5.1.7/5.1.8 and any
-    permanent refusal of MAIL FROM are about our own address and must not erase anybody.
-    """
-    if 400 <= code < 500:
-        return Outcome.DEFERRED
-    text = message.encode("utf-8", "replace") if isinstance(message, str) else message
-    match = _ENHANCED_STATUS.match(text or b"")
-    detail = (match.group(2), match.group(3)) if match and match.group(1) == b"5" else None
-    if detail is not None and detail[0] == b"7":
-        return Outcome.BLOCKED
-    if stage == "mail" or detail in ((b"1", b"7"), (b"1", b"8")):
-        return Outcome.SENDER
-    if detail in ((b"1", b"1"), (b"1", b"10")):
-        return Outcome.NO_MAILBOX
-    return Outcome.FAILED
-
-
-_BRACKETED_ADDRESS = re.compile(r"<[^<>\s]*@[^<>\s]*>?")
-_BARE_ADDRESS = re.compile(r"[^\s<>()\[\],;:]*@[^\s<>()\[\],;:]*")
-
-
-def redact(reply: str) -> str:
-    """Replace what looks like an address in an SMTP reply: it goes to status_reason."""
-    return _BARE_ADDRESS.sub("[address]", _BRACKETED_ADDRESS.sub("<address>", reply))
-
-
 class _Stop(Exception):
     """The batch must stop now (paused, cancelled, lost its lease, server gone)."""
-
-
-class _ConnectFailed(Exception):
-    """The SMTP server could not be reached; try the batch again later."""
 
 
 # --- starting a campaign ----------------------------------------------------------------
@@ -363,7 +314,7 @@ class _Sender:
     def __init__(self, campaign_id: int) -> None:
         self.campaign_id = campaign_id
         campaign = db.session.get(Campaign, campaign_id)
-        self.template = mailing.edition_template(campaign.subject, campaign.html, campaign.text)
+        self.template = builders.edition_template(campaign.subject, campaign.html, campaign.text)
         db.session.rollback()
         self.db = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         self.postgresql = self.db.dialect.name == "postgresql"
@@ -372,8 +323,7 @@ class _Sender:
         self.rate = current_app.config["SEND_RATE"]
         self.lease = current_app.config["SEND_LEASE"]
         self.next_check = 0.0
-        self.last_used = time.monotonic()
-        self.conn: smtp.SmtpConnection | None = None
+        self.smtp = smtp.Session()
 
     def dispose(self) -> None:
         """Close the SMTP connection and hand the database connection back, as it was."""
@@ -389,38 +339,12 @@ class _Sender:
     def open(self) -> None:
         """Connect; a refused login or failed TLS pauses the campaign (retrying won't help)."""
         try:
-            self.conn = smtp.connect()
-            self.conn.host = self.conn.configure_host()
-        except _SETUP_ERRORS as exc:
-            self.conn = None
-            # Cut off mid-handshake, or "454 try again later": that may pass by itself.
-            if isinstance(exc, ssl.SSLEOFError) or getattr(exc, "smtp_code", 500) < 500:
-                raise _ConnectFailed(type(exc).__name__) from None
-            self._pause(_SETUP_REASON.format(error=type(exc).__name__), "SMTP setup failed")
-            self.stopped()
-            raise _Stop("SMTP setup failed") from None
-        except (OSError, smtplib.SMTPException) as exc:
-            self.conn = None
-            raise _ConnectFailed(type(exc).__name__) from None
-        self.last_used = time.monotonic()
+            self.smtp.open()
+        except smtp.SetupFailed as exc:
+            self._setup_failed(exc)
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.__exit__(None, None, None)
-            self.conn = None
-
-    def _ready(self) -> None:
-        """Reconnect when the server closed the connection (421) or it sat idle too long."""
-        host = self.conn.host if self.conn is not None else None
-        healthy = host is not None and host.sock is not None
-        if healthy and time.monotonic() - self.last_used > IDLE_PROBE_SECONDS:
-            try:
-                healthy = host.noop()[0] == 250
-            except (OSError, smtplib.SMTPException):
-                healthy = False
-        if not healthy:
-            self.close()
-            self.open()
+        self.smtp.close()
 
     def render_and_deliver(self, subscriber) -> tuple[Outcome, str]:
         """Render the reader's copy and deliver it; an address SMTP cannot carry fails.
@@ -437,39 +361,17 @@ class _Sender:
             return Outcome.FAILED, "address cannot be sent to"
         return self.deliver(mail)
 
-    def deliver(self, mail: mailing.OutgoingMail) -> tuple[Outcome, str]:
-        """Hand one message to the server and sort its answer.
+    def deliver(self, mail: builders.OutgoingMail) -> tuple[Outcome, str]:
+        """Hand one message to the server (reconnecting if need be) and sort its answer."""
+        try:
+            return self.smtp.deliver(mail)
+        except smtp.SetupFailed as exc:
+            self._setup_failed(exc)
 
-        A connection that drops before the message is complete delivered nothing: reconnect
-        and try once more, then defer. Only a drop after the final dot is UNKNOWN.
-        """
-        for _ in range(2):
-            self._ready()
-            try:
-                self.conn.deliver(mail)
-                return Outcome.SENT, ""
-            except smtp.OutcomeUnknown:
-                self.close()  # it may have been delivered: never resend
-                return Outcome.UNKNOWN, "connection dropped after the message"
-            except smtplib.SMTPServerDisconnected:
-                self.close()
-                continue
-            except smtplib.SMTPSenderRefused as exc:
-                code, message, stage = exc.smtp_code, exc.smtp_error, "mail"
-            except smtplib.SMTPRecipientsRefused as exc:
-                (code, message), stage = next(iter(exc.recipients.values())), "rcpt"
-            except smtplib.SMTPResponseException as exc:
-                code, message, stage = exc.smtp_code, exc.smtp_error, "data"
-            except ValueError:
-                # smtplib could not encode the envelope (non-ASCII): mid-transaction, so
-                # the connection goes; the address fails the same way every time.
-                self.close()
-                return Outcome.FAILED, "address cannot be sent to"
-            finally:
-                self.last_used = time.monotonic()
-            text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-            return classify(code, message, stage), redact(f"{code} {text}")[:200]
-        return Outcome.DEFERRED, "connection dropped before the message was complete"
+    def _setup_failed(self, exc: smtp.SetupFailed) -> NoReturn:
+        self._pause(_SETUP_REASON.format(error=exc), "SMTP setup failed")
+        self.stopped()
+        raise _Stop("SMTP setup failed") from None
 
     # -- pacing and status
 
@@ -527,8 +429,6 @@ class _Sender:
         log.warning("campaign %s paused: %s", self.campaign_id, label)
 
 
-# TLS that failed or was not offered, a login refused or not offered: the setup is wrong.
-_SETUP_ERRORS = (ssl.SSLError, smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError)
 _SETUP_REASON = (
     "Could not secure or log in to the connection to the mail server ({error}). Check "
     "MAIL_USE_TLS, MAIL_USE_SSL, MAIL_USERNAME and MAIL_PASSWORD, then resume."
@@ -582,7 +482,7 @@ class BatchRun(_Sender):
         try:
             self.open()
             self._send_pages()
-        except _ConnectFailed as exc:
+        except smtp.Unreachable as exc:
             self.release(delay=self.lease)
             log.warning("batch %s: SMTP server unreachable (%s); retry later", self.batch_id, exc)
             return
@@ -765,7 +665,7 @@ def send_deferred(campaign_id: int) -> None:
         run.open()
         while run.send_next():
             pass
-    except _ConnectFailed as exc:
+    except smtp.Unreachable as exc:
         log.warning("campaign %s: SMTP server unreachable (%s); retry later", campaign_id, exc)
         return
     except _Stop as exc:

@@ -8,7 +8,6 @@ The erasure itself is ``erasure.erase``: the sending code needs it too.
 from __future__ import annotations
 
 import logging
-import smtplib
 from datetime import timedelta
 from typing import cast
 
@@ -18,9 +17,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from newsletter import addresses, consent, mailing, smtp, stats, tokens
+from newsletter import addresses, consent, stats, tokens
 from newsletter.erasure import erase, erase_traces
 from newsletter.extensions import db
+from newsletter.mail import builders, smtp
 from newsletter.models import DeferredDelivery, PendingPurpose, PendingSignup, Subscriber, utcnow
 from newsletter.queue import enqueue, job, last_attempt
 
@@ -390,12 +390,12 @@ def send_confirmation(pending_id: int) -> None:
             return
     link = tokens.url(tokens.Purpose.CONFIRM, confirm_key(pending))
     if pending.purpose == PendingPurpose.SUBSCRIBE:
-        mail = mailing.confirmation_mail(pending.email, link)
+        mail = builders.confirmation_mail(pending.email, link)
     else:
-        mail = mailing.change_address_mail(pending.email, link)
+        mail = builders.change_address_mail(pending.email, link)
     try:
-        send_or_explain(mail, f"sign-up {pending_id}")
-    except MailRefused as refusal:
+        smtp.send(mail, f"sign-up {pending_id}")
+    except smtp.MailRefused as refusal:
         if not (refusal.permanent or last_attempt()):
             raise  # RQ tries again after its backoff
         _give_up_confirmation(pending, refusal.code)
@@ -449,37 +449,6 @@ def send_manage_link(subscriber_id: int | None) -> None:
     subscriber = db.session.get(Subscriber, subscriber_id) if subscriber_id is not None else None
     if subscriber is None:
         return  # an unknown address, or erased since: nothing to send
-    mail = mailing.manage_mail(subscriber.email, tokens.manage_url(subscriber))
-    send_or_explain(mail, f"manage link for subscriber {subscriber_id}")
+    mail = builders.manage_mail(subscriber.email, tokens.manage_url(subscriber))
+    smtp.send(mail, f"manage link for subscriber {subscriber_id}")
     log.info("subscriber %s: manage link sent", subscriber_id)
-
-
-class MailNotSent(Exception):
-    """SMTP refused or failed; the message names ids only (RQ keeps it with the failed job)."""
-
-
-class MailRefused(MailNotSent):
-    """The server refused this recipient (RCPT TO) or this message (DATA)."""
-
-    def __init__(self, what: str, code: int) -> None:
-        super().__init__(f"{what}: SMTP refused the message ({code})")
-        self.code = code
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
-
-def send_or_explain(mail, what: str) -> None:
-    """Send one transactional mail; on failure raise an error that names no address."""
-    try:
-        smtp.send(mail)
-    except smtplib.SMTPDataError as exc:
-        raise MailRefused(what, exc.smtp_code) from None
-    except smtplib.SMTPResponseException as exc:
-        raise MailNotSent(f"{what}: SMTP answered {exc.smtp_code}") from None
-    except smtplib.SMTPRecipientsRefused as exc:
-        code = min(code for code, _ in exc.recipients.values())  # one recipient, in fact
-        raise MailRefused(what, code) from None
-    except (smtplib.SMTPException, OSError) as exc:
-        raise MailNotSent(f"{what}: {type(exc).__name__}") from None

@@ -15,6 +15,7 @@ from sqlalchemy import func, select, text
 
 from newsletter import consent, sending, subscriptions, tokens
 from newsletter.extensions import db, get_redis
+from newsletter.mail.smtp import Outcome, classify, redact
 from newsletter.models import (
     BatchStatus,
     Campaign,
@@ -606,8 +607,8 @@ def test_pause_reason_keeps_no_address_the_server_quoted(app, work, smtp):
     ],
 )
 def test_redact_replaces_anything_like_an_address(reply, redacted):
-    assert sending.redact(reply) == redacted
-    assert "@" not in sending.redact(reply)
+    assert redact(reply) == redacted
+    assert "@" not in redact(reply)
 
 
 def test_connection_dropped_after_data_counts_unknown_and_resends_nothing(app, work, smtp):
@@ -824,34 +825,34 @@ def test_concurrent_settling_of_a_cancelled_campaign_counts_once(app, smtp):
 @pytest.mark.parametrize(
     ("code", "message", "outcome"),
     [
-        (450, b"4.2.1 try later", sending.Outcome.DEFERRED),
-        (421, b"closing", sending.Outcome.DEFERRED),
-        (550, b"5.1.1 <x@example.com>: no such user", sending.Outcome.NO_MAILBOX),
-        (550, b"5.1.10 null MX", sending.Outcome.NO_MAILBOX),
-        (553, b"5.1.3 bad address syntax", sending.Outcome.FAILED),
-        (553, b"5.1.8 sender domain does not resolve", sending.Outcome.SENDER),
-        (550, b"5.1.7 bad sender mailbox syntax", sending.Outcome.SENDER),
-        (550, b"5.7.1 blocked by policy", sending.Outcome.BLOCKED),
-        (554, b"5.7.26 DMARC policy", sending.Outcome.BLOCKED),
-        (550, b"mailbox unavailable", sending.Outcome.FAILED),
-        (552, b"5.3.4 message too big", sending.Outcome.FAILED),
+        (450, b"4.2.1 try later", Outcome.DEFERRED),
+        (421, b"closing", Outcome.DEFERRED),
+        (550, b"5.1.1 <x@example.com>: no such user", Outcome.NO_MAILBOX),
+        (550, b"5.1.10 null MX", Outcome.NO_MAILBOX),
+        (553, b"5.1.3 bad address syntax", Outcome.FAILED),
+        (553, b"5.1.8 sender domain does not resolve", Outcome.SENDER),
+        (550, b"5.1.7 bad sender mailbox syntax", Outcome.SENDER),
+        (550, b"5.7.1 blocked by policy", Outcome.BLOCKED),
+        (554, b"5.7.26 DMARC policy", Outcome.BLOCKED),
+        (550, b"mailbox unavailable", Outcome.FAILED),
+        (552, b"5.3.4 message too big", Outcome.FAILED),
     ],
 )
 def test_smtp_replies_are_sorted_by_class(code, message, outcome):
-    assert sending.classify(code, message) is outcome
+    assert classify(code, message) is outcome
 
 
 @pytest.mark.parametrize(
     ("code", "message", "outcome"),
     [
-        (550, b"5.1.1 sender unknown", sending.Outcome.SENDER),
-        (553, b"mailbox name not allowed", sending.Outcome.SENDER),
-        (550, b"5.7.1 sender blocked", sending.Outcome.BLOCKED),
-        (451, b"4.1.8 try later", sending.Outcome.DEFERRED),
+        (550, b"5.1.1 sender unknown", Outcome.SENDER),
+        (553, b"mailbox name not allowed", Outcome.SENDER),
+        (550, b"5.7.1 sender blocked", Outcome.BLOCKED),
+        (451, b"4.1.8 try later", Outcome.DEFERRED),
     ],
 )
 def test_refused_mail_from_is_about_our_sender_never_the_reader(code, message, outcome):
-    assert sending.classify(code, message, "mail") is outcome
+    assert classify(code, message, "mail") is outcome
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ import re
 
 from sqlalchemy import func, select
 
-from newsletter import mailing, smtp, stats, tokens
+from newsletter import stats, tokens
 from newsletter.extensions import db
+from newsletter.mail import builders, smtp
 from newsletter.models import Subscriber
 from tests.conftest import csrf_token, link_in, path_of
 
@@ -26,7 +27,7 @@ def subscriber_count() -> int:
 
 def send_newsletter(smtp_server, reader: Subscriber):
     """Send one edition to ``reader`` the way campaigns do; return what the server received."""
-    template = mailing.edition_template(
+    template = builders.edition_template(
         "November news", "<p>Hello, readers.</p>", "Hello, readers."
     )
     smtp.send(template.render(reader.email, {"unsubscribe_url": tokens.unsubscribe_url(reader)}))
