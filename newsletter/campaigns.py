@@ -13,10 +13,9 @@ from datetime import datetime, timedelta
 
 import redis
 from flask import current_app
-from sqlalchemy import CursorResult, func, select
-from sqlalchemy import update as sql_update
+from sqlalchemy import func, select
 
-from newsletter import addresses, sanitizer, sending
+from newsletter import addresses, campaign_status, sanitizer, sending
 from newsletter.extensions import db
 from newsletter.mail import builders, smtp
 from newsletter.mail.rendering import html_to_text
@@ -182,18 +181,15 @@ def get(campaign_id: int) -> Campaign:
     return campaign
 
 
-def _change_status(campaign_id: int, allowed, action: str, hint: str = "", **values) -> Campaign:
-    """Apply ``values`` only if the campaign is still in an ``allowed`` status."""
+def _change_status(
+    campaign_id: int, allowed, action: str, hint: str = "", to=None, **values
+) -> Campaign:
+    """Apply ``values`` (and move to status ``to``) only while the status is ``allowed``."""
     campaign = get(campaign_id)
-    result: CursorResult = db.session.execute(  # type: ignore[assignment]
-        sql_update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.status.in_(allowed))
-        .values(updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
-    )
+    changed = campaign_status.change(campaign_id, allowed, to=to, **values)
     db.session.commit()
     db.session.refresh(campaign)
-    if result.rowcount != 1:
+    if not changed:
         raise WrongState(campaign, action, allowed, hint)
     return campaign
 
@@ -254,16 +250,7 @@ def _clean_stored_html(campaign: Campaign, allowed) -> None:
     values = {"html": html}
     if campaign.text_is_derived:
         values["text"] = html_to_text(html)
-    db.session.execute(
-        sql_update(Campaign)
-        .where(
-            Campaign.id == campaign.id,
-            Campaign.status.in_(allowed),
-            Campaign.html == campaign.html,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    campaign_status.change(campaign.id, allowed, Campaign.html == campaign.html, **values)
     db.session.commit()
 
 
@@ -310,7 +297,7 @@ def schedule_and_start(
         allowed,
         "scheduled",
         hint=" It was paused while sending; resume it instead." if paused_midway else "",
-        status=CampaignStatus.SCHEDULED,
+        to=CampaignStatus.SCHEDULED,
         send_at=when,
         status_reason=None,
     )
@@ -344,7 +331,7 @@ def cancel(campaign_id: int) -> Campaign:
         campaign_id,
         CANCELLABLE,
         "cancelled",
-        status=CampaignStatus.CANCELLED,
+        to=CampaignStatus.CANCELLED,
         status_reason="Cancelled by a marketer.",
     )
     log.info("campaign %s cancelled", campaign_id)
@@ -355,7 +342,7 @@ def resume(campaign_id: int) -> Campaign:
     """Continue a paused campaign where it stopped.
 
     A campaign paused before it ever started (found overdue) has nothing to continue:
-    it is scheduled for now instead, and the tick starts it.
+    it is scheduled for now instead, and starts within seconds.
     """
     campaign = get(campaign_id)
     if campaign.status == CampaignStatus.PAUSED and _never_started(campaign):
@@ -364,10 +351,10 @@ def resume(campaign_id: int) -> Campaign:
         campaign_id,
         (CampaignStatus.PAUSED,),
         "resumed",
-        status=CampaignStatus.SENDING,
+        to=CampaignStatus.SENDING,
         status_reason=None,
     )
-    sending.resume(campaign_id)
+    sending.resume_batches(campaign_id)
     log.info("campaign %s resumed", campaign_id)
     return campaign
 

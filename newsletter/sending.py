@@ -29,7 +29,7 @@ from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, selec
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from newsletter import erasure, tokens
+from newsletter import campaign_status, erasure, tokens
 from newsletter.extensions import db, get_redis
 from newsletter.mail import builders, smtp
 from newsletter.mail.smtp import Outcome
@@ -115,51 +115,41 @@ def _pause_overdue(campaign_id: int, overdue) -> None:
         "Not sent: the service was not running at the scheduled time, and sending this late "
         "needs a person's decision. Resume to send now, or schedule a new time."
     )
-    result = db.session.execute(
-        update(campaigns)
-        .where(
-            campaigns.c.id == campaign_id,
-            campaigns.c.status == CampaignStatus.SCHEDULED,
-            campaigns.c.send_at < overdue,
-        )
-        .values(status=CampaignStatus.PAUSED, status_reason=reason, updated_at=utcnow())
+    paused = campaign_status.change(
+        campaign_id,
+        (CampaignStatus.SCHEDULED,),
+        campaigns.c.send_at < overdue,
+        to=CampaignStatus.PAUSED,
+        status_reason=reason,
     )
     db.session.commit()
-    if result.rowcount:
+    if paused:
         log.warning("campaign %s was overdue and is paused for a person to decide", campaign_id)
 
 
 def start(campaign_id: int) -> bool:
     """Move a due campaign to sending and fan it out into batch jobs, once.
 
-    Scheduled campaigns start, and so do ones marked sending that never started (a
-    paused-overdue campaign a marketer resumed). The conditional UPDATE lets only one
-    caller through; the batches are committed in the same transaction, then enqueued.
+    The conditional UPDATE lets only one caller through; the batches are committed in
+    the same transaction, then enqueued.
     """
     now = utcnow()
-    claimed = db.session.execute(
-        update(campaigns)
-        .where(
-            campaigns.c.id == campaign_id,
-            campaigns.c.started_at.is_(None),
-            or_(
-                and_(campaigns.c.status == CampaignStatus.SCHEDULED, campaigns.c.send_at <= now),
-                campaigns.c.status == CampaignStatus.SENDING,
-            ),
-        )
-        .values(
-            status=CampaignStatus.SENDING,
-            status_reason=None,
-            started_at=now,
-            finished_at=None,
-            updated_at=now,
-            recipients=0,
-            sent=0,
-            failed=0,
-            unknown=0,
-        )
+    claimed = campaign_status.change(
+        campaign_id,
+        (CampaignStatus.SCHEDULED,),
+        campaigns.c.started_at.is_(None),
+        campaigns.c.send_at <= now,
+        to=CampaignStatus.SENDING,
+        status_reason=None,
+        started_at=now,
+        finished_at=None,
+        updated_at=now,
+        recipients=0,
+        sent=0,
+        failed=0,
+        unknown=0,
     )
-    if claimed.rowcount != 1:
+    if not claimed:
         db.session.rollback()
         return False
     started = time.monotonic()
@@ -420,10 +410,12 @@ class _Sender:
         self._pause(_PAUSE_REASONS[outcome].format(reply=reply), outcome.value)
 
     def _pause(self, reason: str, label: str) -> None:
-        self.db.execute(
-            update(campaigns)
-            .where(campaigns.c.id == self.campaign_id, campaigns.c.status == CampaignStatus.SENDING)
-            .values(status=CampaignStatus.PAUSED, status_reason=reason[:500], updated_at=utcnow())
+        campaign_status.change(
+            self.campaign_id,
+            (CampaignStatus.SENDING,),
+            to=CampaignStatus.PAUSED,
+            status_reason=reason[:500],
+            connection=self.db,
         )
         self.db.commit()
         log.warning("campaign %s paused: %s", self.campaign_id, label)
@@ -846,18 +838,18 @@ def _sum(column, campaign_id: int):
     )
 
 
-def _totals_into_campaign(campaign_id: int, *conditions, **values):
+def _totals_into_campaign(campaign_id: int, status, *conditions, **values) -> bool:
     """One UPDATE that adds the batch counters to the campaign row, if ``conditions`` hold."""
-    return db.session.execute(
-        update(campaigns)
-        .where(campaigns.c.id == campaign_id, *conditions)
-        .values(
-            sent=campaigns.c.sent + _sum(batches.c.sent, campaign_id),
-            failed=campaigns.c.failed + _sum(batches.c.failed, campaign_id),
-            unknown=campaigns.c.unknown + _sum(batches.c.unknown, campaign_id),
-            updated_at=utcnow(),
-            **values,
-        )
+    return campaign_status.change(
+        campaign_id,
+        (status,),
+        campaigns.c.finished_at.is_(None),
+        *conditions,
+        sent=campaigns.c.sent + _sum(batches.c.sent, campaign_id),
+        failed=campaigns.c.failed + _sum(batches.c.failed, campaign_id),
+        unknown=campaigns.c.unknown + _sum(batches.c.unknown, campaign_id),
+        finished_at=utcnow(),
+        **values,
     )
 
 
@@ -874,17 +866,14 @@ def finish_if_done(campaign_id: int) -> bool:
     ``finished_at IS NULL`` is that guard: on PostgreSQL a caller that waited for the
     row lock re-checks only the row, while its sums still see the deleted batches.
     """
-    now = utcnow()
-    result = _totals_into_campaign(
+    finished = _totals_into_campaign(
         campaign_id,
-        campaigns.c.status == CampaignStatus.SENDING,
-        campaigns.c.finished_at.is_(None),
+        CampaignStatus.SENDING,
         ~exists().where(batches.c.campaign_id == campaign_id, batches.c.status != BatchStatus.DONE),
         ~exists().where(deferred.c.campaign_id == campaign_id),
-        status=CampaignStatus.SENT,
-        finished_at=now,
+        to=CampaignStatus.SENT,
     )
-    if result.rowcount != 1:
+    if not finished:
         db.session.rollback()
         return False
     _delete_bookkeeping(campaign_id)
@@ -906,14 +895,8 @@ def settle_cancelled(campaign_id: int) -> bool:
         batches.c.status == BatchStatus.RUNNING,
         batches.c.lease_until >= now,
     )
-    result = _totals_into_campaign(
-        campaign_id,
-        campaigns.c.status == CampaignStatus.CANCELLED,
-        campaigns.c.finished_at.is_(None),
-        ~exists().where(live),
-        finished_at=now,
-    )
-    if result.rowcount != 1:
+    settled = _totals_into_campaign(campaign_id, CampaignStatus.CANCELLED, ~exists().where(live))
+    if not settled:
         db.session.rollback()
         return False
     _delete_bookkeeping(campaign_id)
@@ -944,23 +927,12 @@ def live_totals(campaign: Campaign) -> dict[str, int]:
     }
 
 
-def resume(campaign_id: int) -> bool:
-    """Continue a campaign where it stopped: enqueue its unfinished batches again.
+def resume_batches(campaign_id: int) -> None:
+    """Enqueue again the unfinished batches and retries of a campaign a person resumed.
 
-    The caller has moved it from paused to sending (a paused one is moved here too). A
-    campaign that never started is started now.
+    ``campaigns.resume`` has moved it from paused to sending; one that never started is
+    scheduled there instead and never comes here.
     """
-    db.session.execute(
-        update(campaigns)
-        .where(campaigns.c.id == campaign_id, campaigns.c.status == CampaignStatus.PAUSED)
-        .values(status=CampaignStatus.SENDING, status_reason=None, updated_at=utcnow())
-    )
-    db.session.commit()
-    campaign = db.session.get(Campaign, campaign_id)
-    if campaign is None or campaign.status != CampaignStatus.SENDING:
-        return False
-    if campaign.started_at is None:
-        return start(campaign_id)
     now = utcnow()
     # A batch released by the pause is queued; free it from any backoff, then enqueue.
     db.session.execute(
@@ -986,4 +958,3 @@ def resume(campaign_id: int) -> bool:
         _enqueue_again(batch_id, attempts)
     finish_if_done(campaign_id)
     log.info("campaign %s resumed: %d batches enqueued", campaign_id, len(waiting))
-    return True

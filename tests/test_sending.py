@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from newsletter import consent, sending, subscriptions, tokens
+from newsletter import campaigns, consent, sending, subscriptions, tokens
 from newsletter.extensions import db, get_redis
 from newsletter.mail.smtp import Outcome, classify, redact
 from newsletter.models import (
@@ -216,7 +216,7 @@ def test_overdue_campaign_waits_for_a_person(app, work, smtp):
     assert "scheduled time" in campaign.status_reason
     assert smtp.messages == [] and count(SendBatch) == 0
 
-    assert sending.resume(campaign_id)  # a marketer decides to send it now
+    assert campaigns.resume(campaign_id)  # a marketer decides to send it now
     work()
     assert len(smtp.messages) == 3
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
@@ -549,7 +549,7 @@ def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(
     assert db.session.scalar(second) == ids[14]
 
     del smtp.handler.replies[blocked]
-    assert sending.resume(campaign_id)
+    assert campaigns.resume(campaign_id)
     work()
     tick()  # the retry of the blocked reader is due at once
     work()
@@ -572,7 +572,7 @@ def test_block_that_never_clears_ends_as_failed_after_the_retries(app, work, smt
     work()
     for _ in range(2):  # a person resumes; the same reader is blocked again
         assert campaign_row(campaign_id).status == CampaignStatus.PAUSED
-        assert sending.resume(campaign_id)
+        assert campaigns.resume(campaign_id)
         work()
         tick()
         work()
@@ -680,7 +680,7 @@ def test_failed_tls_or_login_pauses_the_campaign_with_a_reason(app, work, smtp, 
         for name, value in saved.items():
             setattr(mail_state, name, value)
 
-    assert sending.resume(campaign_id)
+    assert campaigns.resume(campaign_id)
     work()
     assert len(smtp.messages) == 5
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
@@ -878,7 +878,7 @@ def test_refused_sender_address_pauses_and_erases_nobody(app, work, smtp, stage,
 
     smtp.handler.mail_reply = None
     smtp.handler.rcpt_replies.clear()
-    assert sending.resume(campaign_id)
+    assert campaigns.resume(campaign_id)
     work()
     copies = copies_per_recipient(smtp)
     assert len(copies) == 12 and set(copies.values()) == {1}
