@@ -27,8 +27,9 @@ from rq import Worker
 from sqlalchemy.exc import DBAPIError
 
 from newsletter import create_app
-from newsletter.extensions import QUEUE_NAMES, db, get_queue, get_redis
-from newsletter.jobs import enqueue_tick
+from newsletter.extensions import db, get_redis
+from newsletter.queue import QUEUE_NAMES, get_queue
+from newsletter.tick import enqueue_tick
 
 log = logging.getLogger("newsletter.worker")
 

@@ -160,12 +160,13 @@ class Setup:
         return campaign.id
 
     def sample_mail(self) -> bytes:
-        from newsletter import mailing, subscriptions
+        from newsletter import tokens
+        from newsletter.mail import builders
 
         campaign = db.session.get(Campaign, self.new_campaign())
-        template = mailing.edition_template(campaign.subject, campaign.html, campaign.text)
+        template = builders.edition_template(campaign.subject, campaign.html, campaign.text)
         subscriber = db.session.scalar(select(Subscriber).limit(1))
-        url = subscriptions.unsubscribe_url(subscriber)
+        url = tokens.unsubscribe_url(subscriber)
         return template.render(subscriber.email, {"unsubscribe_url": url})
 
 

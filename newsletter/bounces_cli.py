@@ -8,6 +8,9 @@ import click
 from flask import Flask, current_app
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from newsletter import bounces
+from newsletter.mail import dkim
+
 # sysexits.h: the MTA keeps the message and tries the pipe again later.
 EX_TEMPFAIL = 75
 
@@ -40,8 +43,6 @@ def bounces_read() -> None:
     Exits 0 for anything handled or ignored, so the MTA never bounces a bounce, and 75
     (EX_TEMPFAIL) when the database cannot be reached, so the MTA tries again.
     """
-    from newsletter import bounces
-
     message = sys.stdin.buffer.read()
     try:
         outcome = bounces.handle(message)
@@ -60,8 +61,6 @@ def bounces_read() -> None:
 @bounces_cli.command("poll")
 def bounces_poll() -> None:
     """Handle and delete the messages in the BOUNCE_IMAP_URL mailbox, once."""
-    from newsletter import bounces
-
     if not current_app.config.get("BOUNCE_IMAP_URL"):
         raise click.ClickException("BOUNCE_IMAP_URL is not set.")
     outcomes = bounces.poll_imap()
@@ -73,8 +72,6 @@ def bounces_poll() -> None:
 @dkim_cli.command("record")
 def dkim_record() -> None:
     """Print the DNS TXT record that publishes the DKIM public key."""
-    from newsletter import dkim
-
     if not dkim.enabled():
         raise click.ClickException(
             "DKIM is not set up: set DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE."

@@ -8,17 +8,17 @@ second marketer ends in a clear WrongState instead of a lost update.
 from __future__ import annotations
 
 import logging
-import smtplib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import redis
 from flask import current_app
-from sqlalchemy import CursorResult, func, select
-from sqlalchemy import update as sql_update
+from sqlalchemy import func, select
 
-from newsletter import addresses, sanitizer
+from newsletter import addresses, campaign_status, sanitizer, sending
 from newsletter.extensions import db
+from newsletter.mail import builders, smtp
+from newsletter.mail.rendering import html_to_text
 from newsletter.models import (
     AdminUser,
     Campaign,
@@ -28,7 +28,6 @@ from newsletter.models import (
     Subscriber,
     utcnow,
 )
-from newsletter.rendering import html_to_text
 from newsletter.slots import MonthlySlot
 
 log = logging.getLogger(__name__)
@@ -182,18 +181,15 @@ def get(campaign_id: int) -> Campaign:
     return campaign
 
 
-def _change_status(campaign_id: int, allowed, action: str, hint: str = "", **values) -> Campaign:
-    """Apply ``values`` only if the campaign is still in an ``allowed`` status."""
+def _change_status(
+    campaign_id: int, allowed, action: str, hint: str = "", to=None, **values
+) -> Campaign:
+    """Apply ``values`` (and move to status ``to``) only while the status is ``allowed``."""
     campaign = get(campaign_id)
-    result: CursorResult = db.session.execute(  # type: ignore[assignment]
-        sql_update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.status.in_(allowed))
-        .values(updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
-    )
+    changed = campaign_status.change(campaign_id, allowed, to=to, **values)
     db.session.commit()
     db.session.refresh(campaign)
-    if result.rowcount != 1:
+    if not changed:
         raise WrongState(campaign, action, allowed, hint)
     return campaign
 
@@ -254,16 +250,7 @@ def _clean_stored_html(campaign: Campaign, allowed) -> None:
     values = {"html": html}
     if campaign.text_is_derived:
         values["text"] = html_to_text(html)
-    db.session.execute(
-        sql_update(Campaign)
-        .where(
-            Campaign.id == campaign.id,
-            Campaign.status.in_(allowed),
-            Campaign.html == campaign.html,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    campaign_status.change(campaign.id, allowed, Campaign.html == campaign.html, **values)
     db.session.commit()
 
 
@@ -310,26 +297,24 @@ def schedule_and_start(
         allowed,
         "scheduled",
         hint=" It was paused while sending; resume it instead." if paused_midway else "",
-        status=CampaignStatus.SCHEDULED,
+        to=CampaignStatus.SCHEDULED,
         send_at=when,
         status_reason=None,
     )
     log.info("campaign %s scheduled for %s", campaign_id, when.isoformat())
-    if when <= utcnow() and not _tick_now(campaign_id):
+    if when <= utcnow() and not _start_now(campaign_id):
         return campaign, QUEUE_DOWN_NOTE
     return campaign, None
 
 
-def _tick_now(campaign_id: int) -> bool:
+def _start_now(campaign_id: int) -> bool:
     """Start a due campaign within seconds instead of waiting for the next periodic tick.
 
     Returns False when Redis is unreachable: the campaign is committed as scheduled and
     the periodic tick starts it once Redis is back, so the outage is no error here.
     """
-    from newsletter import jobs
-
     try:
-        jobs.enqueue("tick", jobs.tick, job_id=f"tick-now-{campaign_id}", timeout=300)
+        sending.enqueue_start(campaign_id)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         log.warning(
             "campaign %s: queue unreachable (%s); the periodic tick will start it",
@@ -346,7 +331,7 @@ def cancel(campaign_id: int) -> Campaign:
         campaign_id,
         CANCELLABLE,
         "cancelled",
-        status=CampaignStatus.CANCELLED,
+        to=CampaignStatus.CANCELLED,
         status_reason="Cancelled by a marketer.",
     )
     log.info("campaign %s cancelled", campaign_id)
@@ -357,7 +342,7 @@ def resume(campaign_id: int) -> Campaign:
     """Continue a paused campaign where it stopped.
 
     A campaign paused before it ever started (found overdue) has nothing to continue:
-    it is scheduled for now instead, and the tick starts it.
+    it is scheduled for now instead, and starts within seconds.
     """
     campaign = get(campaign_id)
     if campaign.status == CampaignStatus.PAUSED and _never_started(campaign):
@@ -366,12 +351,10 @@ def resume(campaign_id: int) -> Campaign:
         campaign_id,
         (CampaignStatus.PAUSED,),
         "resumed",
-        status=CampaignStatus.SENDING,
+        to=CampaignStatus.SENDING,
         status_reason=None,
     )
-    from newsletter import sending
-
-    sending.resume(campaign_id)
+    sending.resume_batches(campaign_id)
     log.info("campaign %s resumed", campaign_id)
     return campaign
 
@@ -383,8 +366,6 @@ def send_test(campaign_id: int, to: str) -> None:
     the service into a mailer to anyone. When the mail server does not take the copy,
     CopyNotSent says why, in words that quote no address.
     """
-    from newsletter import mailing, smtp
-
     campaign = get(campaign_id)
     try:
         address = addresses.normalize(to if isinstance(to, str) else "")
@@ -393,31 +374,32 @@ def send_test(campaign_id: int, to: str) -> None:
     if db.session.scalar(select(AdminUser.id).where(AdminUser.email == address)) is None:
         raise Invalid({"to": "Test copies go only to the address of a staff (admin) account."})
     html = sanitizer.clean(campaign.html)  # also for a draft stored before cleaning existed
-    template = mailing.edition_template(campaign.subject, html, campaign.text)
+    template = builders.edition_template(campaign.subject, html, campaign.text)
     unsubscribe_url = current_app.config["PUBLIC_URL"] + TEST_COPY_PATH
     try:
-        smtp.send(template.render(address, {"unsubscribe_url": unsubscribe_url}))
-    except (smtplib.SMTPException, OSError) as exc:
+        smtp.send(
+            template.render(address, {"unsubscribe_url": unsubscribe_url}),
+            f"campaign {campaign_id}: test copy",
+        )
+    except smtp.MailNotSent as exc:
         why = _why_not_taken(exc)
         log.warning("campaign %s: test copy not sent: %s", campaign_id, why)
         raise CopyNotSent(f"The mail server did not take the test copy: {why}.") from None
     log.info("campaign %s: test copy sent", campaign_id)
 
 
-def _why_not_taken(error: Exception) -> str:
+def _why_not_taken(error: smtp.MailNotSent) -> str:
     """Say what the mail server did, without its reply text (it may quote the address)."""
-    if isinstance(error, smtplib.SMTPResponseException):
-        return f"it answered {error.smtp_code}"
-    if isinstance(error, smtplib.SMTPRecipientsRefused):
-        return f"it refused the address ({sorted({c for c, _ in error.recipients.values()})})"
-    return f"it could not be reached ({type(error).__name__})"
+    if isinstance(error, smtp.MailRefused) and error.stage == "rcpt":
+        return f"it refused the address ([{error.code}])"
+    if error.code is not None:
+        return f"it answered {error.code}"
+    return f"it could not be reached ({error.detail})"
 
 
 def totals(campaign: Campaign) -> dict[str, int]:
     """Recipients, sent, failed and unknown: live while sending, stored totals after."""
     if campaign.status in (CampaignStatus.SENDING, CampaignStatus.PAUSED, CampaignStatus.CANCELLED):
-        from newsletter import sending
-
         return sending.live_totals(campaign)
     return {
         "recipients": campaign.recipients,

@@ -12,8 +12,9 @@ from __future__ import annotations
 import css_inline
 import markdown
 
-from newsletter import campaigns, mailing, sanitizer
+from newsletter import campaigns, sanitizer
 from newsletter.extensions import db
+from newsletter.mail import builders
 from newsletter.models import Campaign
 
 FORMATS = {"markdown": "Markdown", "html": "HTML"}
@@ -95,5 +96,5 @@ def preview_document(campaign: Campaign) -> str:
     The body is cleaned again here, for editions stored before cleaning existed.
     """
     html = sanitizer.clean(campaign.html)
-    template = mailing.edition_template(campaign.subject, html, campaign.text)
-    return template.html.replace(mailing.UNSUBSCRIBE_PLACEHOLDER, "#unsubscribe")
+    template = builders.edition_template(campaign.subject, html, campaign.text)
+    return template.html.replace(builders.UNSUBSCRIBE_PLACEHOLDER, "#unsubscribe")

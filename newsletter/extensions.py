@@ -12,8 +12,9 @@ from flask_mail import Mail
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
-from rq import Queue
 from sqlalchemy.orm import DeclarativeBase
+
+from newsletter import embedded_redis
 
 
 class Base(DeclarativeBase):
@@ -33,9 +34,6 @@ mail = Mail()
 csrf = CSRFProtect()
 limiter = Limiter(client_ip_key, default_limits=[], headers_enabled=True, key_prefix="nl")
 
-# Highest priority first: the tick is short and drives recovery; sign-up mail beats editions.
-QUEUE_NAMES = ("tick", "mail", "send")
-
 
 def init_redis(app: Flask, url: str, embedded_folder: str | None = None) -> None:
     app.extensions["redis"] = redis.Redis.from_url(url, health_check_interval=30)
@@ -53,15 +51,9 @@ def get_redis() -> redis.Redis:
     """Return the Redis client; the embedded server is started the first time it is needed."""
     folder = current_app.extensions.get("embedded_redis")
     if folder and not current_app.extensions.get("embedded_redis_started"):
-        from newsletter import embedded_redis
-
         embedded_redis.ensure_running(folder)
         current_app.extensions["embedded_redis_started"] = True
     return current_app.extensions["redis"]
-
-
-def get_queue(name: str) -> Queue:
-    return Queue(name, connection=get_redis())
 
 
 def limiter_storage_uri(redis_url: str) -> str:

@@ -15,28 +15,24 @@ ends, the totals move to the campaign row and the bookkeeping is deleted.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import os
-import re
 import secrets
-import smtplib
 import socket
-import ssl
 import time
 from datetime import timedelta
+from typing import NoReturn
 
 from flask import current_app
-from rq import Queue
-from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import Job, JobStatus
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from newsletter import jobs, mailing, smtp, subscriptions
-from newsletter.extensions import db, get_queue, get_redis
+from newsletter import campaign_status, erasure, tokens
+from newsletter.extensions import db, get_redis
+from newsletter.mail import builders, smtp
+from newsletter.mail.smtp import Outcome
 from newsletter.models import (
     BatchStatus,
     Campaign,
@@ -46,12 +42,12 @@ from newsletter.models import (
     Subscriber,
     utcnow,
 )
+from newsletter.queue import enqueue, enqueue_new, job
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # subscribers read per query inside a batch
 STATUS_CHECK_SECONDS = 1.0  # how often a running batch looks whether it was paused or cancelled
-IDLE_PROBE_SECONDS = 10.0  # a connection idle this long gets a NOOP before the next message
 
 campaigns = Campaign.__table__
 batches = SendBatch.__table__
@@ -59,55 +55,8 @@ deferred = DeferredDelivery.__table__
 subscribers = Subscriber.__table__
 
 
-class Outcome(enum.Enum):
-    SENT = "sent"
-    DEFERRED = "deferred"  # 4xx: try again later
-    NO_MAILBOX = "no_mailbox"  # 5.1.1/5.1.10 for the recipient: it does not exist; erase it
-    BLOCKED = "blocked"  # 5.7.x: policy or reputation block; a human must look
-    SENDER = "sender"  # our sender address was refused (MAIL FROM, 5.1.7/5.1.8); a human must look
-    FAILED = "failed"  # any other permanent refusal
-    UNKNOWN = "unknown"  # the connection dropped after DATA: maybe delivered, never resend
-
-
-_ENHANCED_STATUS = re.compile(rb"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-
-def classify(code: int, message: bytes | str, stage: str = "rcpt") -> Outcome:
-    """Sort an SMTP refusal by its reply code, enhanced status code (RFC 3463) and stage.
-
-    ``stage`` is "mail" (MAIL FROM: about our sender), "rcpt" or "data". Only 5.1.1 and
-    5.1.10 about the recipient mean the address does not exist; 5.1.7/5.1.8 and any
-    permanent refusal of MAIL FROM are about our own address and must not erase anybody.
-    """
-    if 400 <= code < 500:
-        return Outcome.DEFERRED
-    text = message.encode("utf-8", "replace") if isinstance(message, str) else message
-    match = _ENHANCED_STATUS.match(text or b"")
-    detail = (match.group(2), match.group(3)) if match and match.group(1) == b"5" else None
-    if detail is not None and detail[0] == b"7":
-        return Outcome.BLOCKED
-    if stage == "mail" or detail in ((b"1", b"7"), (b"1", b"8")):
-        return Outcome.SENDER
-    if detail in ((b"1", b"1"), (b"1", b"10")):
-        return Outcome.NO_MAILBOX
-    return Outcome.FAILED
-
-
-_BRACKETED_ADDRESS = re.compile(r"<[^<>\s]*@[^<>\s]*>?")
-_BARE_ADDRESS = re.compile(r"[^\s<>()\[\],;:]*@[^\s<>()\[\],;:]*")
-
-
-def redact(reply: str) -> str:
-    """Replace what looks like an address in an SMTP reply: it goes to status_reason."""
-    return _BARE_ADDRESS.sub("[address]", _BRACKETED_ADDRESS.sub("<address>", reply))
-
-
 class _Stop(Exception):
     """The batch must stop now (paused, cancelled, lost its lease, server gone)."""
-
-
-class _ConnectFailed(Exception):
-    """The SMTP server could not be reached; try the batch again later."""
 
 
 # --- starting a campaign ----------------------------------------------------------------
@@ -118,22 +67,47 @@ def _requeue_grace() -> timedelta:
     return timedelta(seconds=current_app.config["TICK_INTERVAL"])
 
 
-@jobs.tick_task
 def start_due_campaigns() -> None:
     """Start every scheduled campaign whose time has come; pause long-overdue ones."""
-    now = utcnow()
-    overdue = now - timedelta(seconds=current_app.config["OVERDUE_LIMIT"])
     due = db.session.execute(
         select(Campaign.id, Campaign.send_at)
-        .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= now)
+        .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= utcnow())
         .order_by(Campaign.send_at)
     ).all()
     db.session.rollback()
     for campaign_id, send_at in due:
-        if send_at < overdue:
-            _pause_overdue(campaign_id, overdue)
-        else:
-            start(campaign_id)
+        _start_or_pause(campaign_id, send_at)
+
+
+def enqueue_start(campaign_id: int) -> None:
+    """Start one due campaign within seconds instead of at the next tick ("send now").
+
+    Raises Redis's errors when it is unreachable; the tick starts the campaign later.
+    """
+    enqueue("tick", start_campaign, campaign_id, job_id=f"start-{campaign_id}", timeout=300)
+
+
+@job
+def start_campaign(campaign_id: int) -> None:
+    """Start one campaign if it is due, as the tick would (and pause it if long overdue)."""
+    send_at = db.session.scalar(
+        select(Campaign.send_at).where(
+            Campaign.id == campaign_id,
+            Campaign.status == CampaignStatus.SCHEDULED,
+            Campaign.send_at <= utcnow(),
+        )
+    )
+    db.session.rollback()
+    if send_at is not None:
+        _start_or_pause(campaign_id, send_at)
+
+
+def _start_or_pause(campaign_id: int, send_at) -> None:
+    overdue = utcnow() - timedelta(seconds=current_app.config["OVERDUE_LIMIT"])
+    if send_at < overdue:
+        _pause_overdue(campaign_id, overdue)
+    else:
+        start(campaign_id)
 
 
 def _pause_overdue(campaign_id: int, overdue) -> None:
@@ -141,51 +115,41 @@ def _pause_overdue(campaign_id: int, overdue) -> None:
         "Not sent: the service was not running at the scheduled time, and sending this late "
         "needs a person's decision. Resume to send now, or schedule a new time."
     )
-    result = db.session.execute(
-        update(campaigns)
-        .where(
-            campaigns.c.id == campaign_id,
-            campaigns.c.status == CampaignStatus.SCHEDULED,
-            campaigns.c.send_at < overdue,
-        )
-        .values(status=CampaignStatus.PAUSED, status_reason=reason, updated_at=utcnow())
+    paused = campaign_status.change(
+        campaign_id,
+        (CampaignStatus.SCHEDULED,),
+        campaigns.c.send_at < overdue,
+        to=CampaignStatus.PAUSED,
+        status_reason=reason,
     )
     db.session.commit()
-    if result.rowcount:
+    if paused:
         log.warning("campaign %s was overdue and is paused for a person to decide", campaign_id)
 
 
 def start(campaign_id: int) -> bool:
     """Move a due campaign to sending and fan it out into batch jobs, once.
 
-    Scheduled campaigns start, and so do ones marked sending that never started (a
-    paused-overdue campaign a marketer resumed). The conditional UPDATE lets only one
-    caller through; the batches are committed in the same transaction, then enqueued.
+    The conditional UPDATE lets only one caller through; the batches are committed in
+    the same transaction, then enqueued.
     """
     now = utcnow()
-    claimed = db.session.execute(
-        update(campaigns)
-        .where(
-            campaigns.c.id == campaign_id,
-            campaigns.c.started_at.is_(None),
-            or_(
-                and_(campaigns.c.status == CampaignStatus.SCHEDULED, campaigns.c.send_at <= now),
-                campaigns.c.status == CampaignStatus.SENDING,
-            ),
-        )
-        .values(
-            status=CampaignStatus.SENDING,
-            status_reason=None,
-            started_at=now,
-            finished_at=None,
-            updated_at=now,
-            recipients=0,
-            sent=0,
-            failed=0,
-            unknown=0,
-        )
+    claimed = campaign_status.change(
+        campaign_id,
+        (CampaignStatus.SCHEDULED,),
+        campaigns.c.started_at.is_(None),
+        campaigns.c.send_at <= now,
+        to=CampaignStatus.SENDING,
+        status_reason=None,
+        started_at=now,
+        finished_at=None,
+        updated_at=now,
+        recipients=0,
+        sent=0,
+        failed=0,
+        unknown=0,
     )
-    if claimed.rowcount != 1:
+    if not claimed:
         db.session.rollback()
         return False
     started = time.monotonic()
@@ -267,57 +231,15 @@ def _batch_timeout() -> int:
 
 def _enqueue_new(pending) -> None:
     """Enqueue fresh batch jobs in one Redis round trip."""
-    if not pending:
-        return
-    queue = get_queue("send")
-    timeout = _batch_timeout()
-    with get_redis().pipeline() as pipe:
-        queue.enqueue_many(
-            [
-                Queue.prepare_data(
-                    send_batch,
-                    (batch_id,),
-                    job_id=_job_id(batch_id, attempts),
-                    timeout=timeout,
-                    result_ttl=0,
-                    failure_ttl=jobs.FAILURE_TTL,
-                    description="send_batch",
-                )
-                for batch_id, attempts in pending
-            ],
-            pipeline=pipe,
-        )
-        pipe.execute()
+    calls = [((batch_id,), _job_id(batch_id, attempts)) for batch_id, attempts in pending]
+    enqueue_new("send", send_batch, calls, _batch_timeout())
 
 
 def _enqueue_again(batch_id: int, attempts: int) -> None:
     """Enqueue a batch unless its job still waits; a failed job's id is freed first."""
-    job_id = _job_id(batch_id, attempts)
-    for _ in range(2):
-        try:
-            get_queue("send").enqueue(
-                send_batch,
-                batch_id,
-                job_id=job_id,
-                unique=True,
-                description="send_batch",
-                result_ttl=0,
-                failure_ttl=jobs.FAILURE_TTL,
-                job_timeout=_batch_timeout(),
-            )
-            return
-        except DuplicateJobError:
-            try:
-                job = Job.fetch(job_id, connection=get_redis())
-            except NoSuchJobError:
-                continue  # it finished a moment ago
-            if job.get_status(refresh=False) not in (
-                JobStatus.FAILED,
-                JobStatus.STOPPED,
-                JobStatus.CANCELED,
-            ):
-                return  # it waits in the queue or runs: nothing to do
-            job.delete()
+    enqueue(
+        "send", send_batch, batch_id, job_id=_job_id(batch_id, attempts), timeout=_batch_timeout()
+    )
 
 
 # --- the batch job --------------------------------------------------------------------
@@ -331,7 +253,7 @@ def _lease_until():
     return utcnow() + timedelta(seconds=current_app.config["SEND_LEASE"])
 
 
-@jobs.job
+@job
 def send_batch(batch_id: int) -> None:
     """Send one batch, resuming after its cursor; exit quietly when it is not ours to send."""
     owner = _owner()
@@ -382,7 +304,7 @@ class _Sender:
     def __init__(self, campaign_id: int) -> None:
         self.campaign_id = campaign_id
         campaign = db.session.get(Campaign, campaign_id)
-        self.template = mailing.edition_template(campaign.subject, campaign.html, campaign.text)
+        self.template = builders.edition_template(campaign.subject, campaign.html, campaign.text)
         db.session.rollback()
         self.db = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         self.postgresql = self.db.dialect.name == "postgresql"
@@ -391,8 +313,7 @@ class _Sender:
         self.rate = current_app.config["SEND_RATE"]
         self.lease = current_app.config["SEND_LEASE"]
         self.next_check = 0.0
-        self.last_used = time.monotonic()
-        self.conn: smtp.SmtpConnection | None = None
+        self.smtp = smtp.Session()
 
     def dispose(self) -> None:
         """Close the SMTP connection and hand the database connection back, as it was."""
@@ -408,38 +329,12 @@ class _Sender:
     def open(self) -> None:
         """Connect; a refused login or failed TLS pauses the campaign (retrying won't help)."""
         try:
-            self.conn = smtp.connect()
-            self.conn.host = self.conn.configure_host()
-        except _SETUP_ERRORS as exc:
-            self.conn = None
-            # Cut off mid-handshake, or "454 try again later": that may pass by itself.
-            if isinstance(exc, ssl.SSLEOFError) or getattr(exc, "smtp_code", 500) < 500:
-                raise _ConnectFailed(type(exc).__name__) from None
-            self._pause(_SETUP_REASON.format(error=type(exc).__name__), "SMTP setup failed")
-            self.stopped()
-            raise _Stop("SMTP setup failed") from None
-        except (OSError, smtplib.SMTPException) as exc:
-            self.conn = None
-            raise _ConnectFailed(type(exc).__name__) from None
-        self.last_used = time.monotonic()
+            self.smtp.open()
+        except smtp.SetupFailed as exc:
+            self._setup_failed(exc)
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.__exit__(None, None, None)
-            self.conn = None
-
-    def _ready(self) -> None:
-        """Reconnect when the server closed the connection (421) or it sat idle too long."""
-        host = self.conn.host if self.conn is not None else None
-        healthy = host is not None and host.sock is not None
-        if healthy and time.monotonic() - self.last_used > IDLE_PROBE_SECONDS:
-            try:
-                healthy = host.noop()[0] == 250
-            except (OSError, smtplib.SMTPException):
-                healthy = False
-        if not healthy:
-            self.close()
-            self.open()
+        self.smtp.close()
 
     def render_and_deliver(self, subscriber) -> tuple[Outcome, str]:
         """Render the reader's copy and deliver it; an address SMTP cannot carry fails.
@@ -449,46 +344,24 @@ class _Sender:
         """
         try:
             mail = self.template.render(
-                subscriber.email, {"unsubscribe_url": subscriptions.unsubscribe_url(subscriber)}
+                subscriber.email, {"unsubscribe_url": tokens.unsubscribe_url(subscriber)}
             )
         except ValueError:
             log.warning("subscriber %s: address cannot be sent to; counted failed", subscriber.id)
             return Outcome.FAILED, "address cannot be sent to"
         return self.deliver(mail)
 
-    def deliver(self, mail: mailing.OutgoingMail) -> tuple[Outcome, str]:
-        """Hand one message to the server and sort its answer.
+    def deliver(self, mail: builders.OutgoingMail) -> tuple[Outcome, str]:
+        """Hand one message to the server (reconnecting if need be) and sort its answer."""
+        try:
+            return self.smtp.deliver(mail)
+        except smtp.SetupFailed as exc:
+            self._setup_failed(exc)
 
-        A connection that drops before the message is complete delivered nothing: reconnect
-        and try once more, then defer. Only a drop after the final dot is UNKNOWN.
-        """
-        for _ in range(2):
-            self._ready()
-            try:
-                self.conn.deliver(mail)
-                return Outcome.SENT, ""
-            except smtp.OutcomeUnknown:
-                self.close()  # it may have been delivered: never resend
-                return Outcome.UNKNOWN, "connection dropped after the message"
-            except smtplib.SMTPServerDisconnected:
-                self.close()
-                continue
-            except smtplib.SMTPSenderRefused as exc:
-                code, message, stage = exc.smtp_code, exc.smtp_error, "mail"
-            except smtplib.SMTPRecipientsRefused as exc:
-                (code, message), stage = next(iter(exc.recipients.values())), "rcpt"
-            except smtplib.SMTPResponseException as exc:
-                code, message, stage = exc.smtp_code, exc.smtp_error, "data"
-            except ValueError:
-                # smtplib could not encode the envelope (non-ASCII): mid-transaction, so
-                # the connection goes; the address fails the same way every time.
-                self.close()
-                return Outcome.FAILED, "address cannot be sent to"
-            finally:
-                self.last_used = time.monotonic()
-            text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-            return classify(code, message, stage), redact(f"{code} {text}")[:200]
-        return Outcome.DEFERRED, "connection dropped before the message was complete"
+    def _setup_failed(self, exc: smtp.SetupFailed) -> NoReturn:
+        self._pause(_SETUP_REASON.format(error=exc), "SMTP setup failed")
+        self.stopped()
+        raise _Stop("SMTP setup failed") from None
 
     # -- pacing and status
 
@@ -537,17 +410,17 @@ class _Sender:
         self._pause(_PAUSE_REASONS[outcome].format(reply=reply), outcome.value)
 
     def _pause(self, reason: str, label: str) -> None:
-        self.db.execute(
-            update(campaigns)
-            .where(campaigns.c.id == self.campaign_id, campaigns.c.status == CampaignStatus.SENDING)
-            .values(status=CampaignStatus.PAUSED, status_reason=reason[:500], updated_at=utcnow())
+        campaign_status.change(
+            self.campaign_id,
+            (CampaignStatus.SENDING,),
+            to=CampaignStatus.PAUSED,
+            status_reason=reason[:500],
+            connection=self.db,
         )
         self.db.commit()
         log.warning("campaign %s paused: %s", self.campaign_id, label)
 
 
-# TLS that failed or was not offered, a login refused or not offered: the setup is wrong.
-_SETUP_ERRORS = (ssl.SSLError, smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError)
 _SETUP_REASON = (
     "Could not secure or log in to the connection to the mail server ({error}). Check "
     "MAIL_USE_TLS, MAIL_USE_SSL, MAIL_USERNAME and MAIL_PASSWORD, then resume."
@@ -601,7 +474,7 @@ class BatchRun(_Sender):
         try:
             self.open()
             self._send_pages()
-        except _ConnectFailed as exc:
+        except smtp.Unreachable as exc:
             self.release(delay=self.lease)
             log.warning("batch %s: SMTP server unreachable (%s); retry later", self.batch_id, exc)
             return
@@ -741,13 +614,12 @@ def _erase_undeliverable(subscriber_id: int) -> None:
     """A 5.1.1/5.1.10 answer about the recipient: the address does not exist; let it go."""
     subscriber = db.session.get(Subscriber, subscriber_id)
     if subscriber is not None:
-        subscriptions.erase(subscriber, "undeliverable")
+        erasure.erase(subscriber, "undeliverable")
 
 
 # --- deferred deliveries (4xx) -----------------------------------------------------------
 
 
-@jobs.tick_task
 def retry_deferred() -> None:
     """Enqueue a retry job for each sending campaign with deferred messages now due."""
     now = utcnow()
@@ -764,7 +636,7 @@ def retry_deferred() -> None:
     db.session.rollback()
     slot = int(time.time() // current_app.config["TICK_INTERVAL"])
     for campaign_id in due:
-        jobs.enqueue(
+        enqueue(
             "send",
             send_deferred,
             campaign_id,
@@ -773,7 +645,7 @@ def retry_deferred() -> None:
         )
 
 
-@jobs.job
+@job
 def send_deferred(campaign_id: int) -> None:
     """Try the due deferred messages of one campaign again, each under its own lease."""
     if db.session.scalar(select(campaigns.c.status).where(campaigns.c.id == campaign_id)) != (
@@ -785,7 +657,7 @@ def send_deferred(campaign_id: int) -> None:
         run.open()
         while run.send_next():
             pass
-    except _ConnectFailed as exc:
+    except smtp.Unreachable as exc:
         log.warning("campaign %s: SMTP server unreachable (%s); retry later", campaign_id, exc)
         return
     except _Stop as exc:
@@ -914,7 +786,6 @@ class DeferredRun(_Sender):
 # --- recovery, finishing, totals ---------------------------------------------------------
 
 
-@jobs.tick_task
 def recover_batches() -> None:
     """Enqueue again the batches of sending campaigns that nobody holds.
 
@@ -937,7 +808,6 @@ def recover_batches() -> None:
         _enqueue_again(batch_id, attempts)
 
 
-@jobs.tick_task
 def finish_campaigns() -> None:
     """Finish sending campaigns with nothing left; settle cancelled ones."""
     sending = db.session.scalars(
@@ -968,18 +838,18 @@ def _sum(column, campaign_id: int):
     )
 
 
-def _totals_into_campaign(campaign_id: int, *conditions, **values):
+def _totals_into_campaign(campaign_id: int, status, *conditions, **values) -> bool:
     """One UPDATE that adds the batch counters to the campaign row, if ``conditions`` hold."""
-    return db.session.execute(
-        update(campaigns)
-        .where(campaigns.c.id == campaign_id, *conditions)
-        .values(
-            sent=campaigns.c.sent + _sum(batches.c.sent, campaign_id),
-            failed=campaigns.c.failed + _sum(batches.c.failed, campaign_id),
-            unknown=campaigns.c.unknown + _sum(batches.c.unknown, campaign_id),
-            updated_at=utcnow(),
-            **values,
-        )
+    return campaign_status.change(
+        campaign_id,
+        (status,),
+        campaigns.c.finished_at.is_(None),
+        *conditions,
+        sent=campaigns.c.sent + _sum(batches.c.sent, campaign_id),
+        failed=campaigns.c.failed + _sum(batches.c.failed, campaign_id),
+        unknown=campaigns.c.unknown + _sum(batches.c.unknown, campaign_id),
+        finished_at=utcnow(),
+        **values,
     )
 
 
@@ -996,17 +866,14 @@ def finish_if_done(campaign_id: int) -> bool:
     ``finished_at IS NULL`` is that guard: on PostgreSQL a caller that waited for the
     row lock re-checks only the row, while its sums still see the deleted batches.
     """
-    now = utcnow()
-    result = _totals_into_campaign(
+    finished = _totals_into_campaign(
         campaign_id,
-        campaigns.c.status == CampaignStatus.SENDING,
-        campaigns.c.finished_at.is_(None),
+        CampaignStatus.SENDING,
         ~exists().where(batches.c.campaign_id == campaign_id, batches.c.status != BatchStatus.DONE),
         ~exists().where(deferred.c.campaign_id == campaign_id),
-        status=CampaignStatus.SENT,
-        finished_at=now,
+        to=CampaignStatus.SENT,
     )
-    if result.rowcount != 1:
+    if not finished:
         db.session.rollback()
         return False
     _delete_bookkeeping(campaign_id)
@@ -1028,14 +895,8 @@ def settle_cancelled(campaign_id: int) -> bool:
         batches.c.status == BatchStatus.RUNNING,
         batches.c.lease_until >= now,
     )
-    result = _totals_into_campaign(
-        campaign_id,
-        campaigns.c.status == CampaignStatus.CANCELLED,
-        campaigns.c.finished_at.is_(None),
-        ~exists().where(live),
-        finished_at=now,
-    )
-    if result.rowcount != 1:
+    settled = _totals_into_campaign(campaign_id, CampaignStatus.CANCELLED, ~exists().where(live))
+    if not settled:
         db.session.rollback()
         return False
     _delete_bookkeeping(campaign_id)
@@ -1066,23 +927,12 @@ def live_totals(campaign: Campaign) -> dict[str, int]:
     }
 
 
-def resume(campaign_id: int) -> bool:
-    """Continue a campaign where it stopped: enqueue its unfinished batches again.
+def resume_batches(campaign_id: int) -> None:
+    """Enqueue again the unfinished batches and retries of a campaign a person resumed.
 
-    The caller has moved it from paused to sending (a paused one is moved here too). A
-    campaign that never started is started now.
+    ``campaigns.resume`` has moved it from paused to sending; one that never started is
+    scheduled there instead and never comes here.
     """
-    db.session.execute(
-        update(campaigns)
-        .where(campaigns.c.id == campaign_id, campaigns.c.status == CampaignStatus.PAUSED)
-        .values(status=CampaignStatus.SENDING, status_reason=None, updated_at=utcnow())
-    )
-    db.session.commit()
-    campaign = db.session.get(Campaign, campaign_id)
-    if campaign is None or campaign.status != CampaignStatus.SENDING:
-        return False
-    if campaign.started_at is None:
-        return start(campaign_id)
     now = utcnow()
     # A batch released by the pause is queued; free it from any backoff, then enqueue.
     db.session.execute(
@@ -1108,4 +958,3 @@ def resume(campaign_id: int) -> bool:
         _enqueue_again(batch_id, attempts)
     finish_if_done(campaign_id)
     log.info("campaign %s resumed: %d batches enqueued", campaign_id, len(waiting))
-    return True

@@ -1,7 +1,8 @@
-"""Sign-up, confirmation and erasure: the subscriber's life cycle.
+"""Sign-up, confirmation and erasure: the subscriber's life cycle, with its mail jobs.
 
 Every function here answers the same way for known and unknown addresses; whether
 there is anything to do is decided later, inside a job, where no visitor can time it.
+The erasure itself is ``erasure.erase``: the sending code needs it too.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from datetime import timedelta
 from typing import cast
 
 from flask import current_app
+from rq import Retry
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from newsletter import addresses, consent, jobs, stats, tokens
+from newsletter import addresses, consent, stats, tokens
+from newsletter.erasure import erase, erase_traces
 from newsletter.extensions import db
-from newsletter.models import PendingPurpose, PendingSignup, Subscriber, utcnow
+from newsletter.mail import builders, smtp
+from newsletter.models import DeferredDelivery, PendingPurpose, PendingSignup, Subscriber, utcnow
+from newsletter.queue import enqueue, job, last_attempt
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,7 @@ def request_signup(raw_email: str, consent_given: bool, remote_addr: str | None)
     consent_text = consent.current()
     ip = addresses.ip_prefix(remote_addr) if current_app.config["STORE_IP_PREFIX"] else None
     pending = _upsert_pending(email, PendingPurpose.SUBSCRIBE, consent_text.id, ip, None)
-    jobs.enqueue_confirmation(pending.id)
+    enqueue_confirmation(pending.id)
 
 
 def _upsert_pending(
@@ -173,43 +178,17 @@ def _apply_address_change(subscriber_id: int | None, email: str) -> None:
     )
 
 
-def purge_expired_pending() -> int:
-    """Delete unconfirmed sign-ups older than CONFIRM_MAX_AGE; return how many."""
+def purge_expired() -> None:
+    """Delete unconfirmed sign-ups older than CONFIRM_MAX_AGE (a tick task)."""
     cutoff = utcnow() - timedelta(seconds=current_app.config["CONFIRM_MAX_AGE"])
     result = db.session.execute(delete(PendingSignup).where(PendingSignup.requested_at < cutoff))
     db.session.commit()
     if result.rowcount:
         erase_traces()
-    return result.rowcount
+        log.info("purged %d expired sign-ups", result.rowcount)
 
 
-def erase_traces() -> None:
-    """Flush SQLite's write-ahead log into the (secure-deleting) database file.
-
-    With ``secure_delete`` the main file overwrites deleted rows, but the WAL still holds
-    the frames that wrote them until a checkpoint.
-    """
-    engine = db.session.get_bind()
-    if engine.dialect.name == "sqlite":
-        with engine.connect() as connection:
-            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
-# --- unsubscribe, erasure and self-service (GDPR Art. 15, 16, 17, 20) ------------------
-
-
-def unsubscribe_url(subscriber: Subscriber) -> str:
-    """The personal unsubscribe link every newsletter carries.
-
-    It names the subscription's random ``token_key``, not the address, and does not
-    expire: it works until the subscriber is gone and never for a later subscription.
-    """
-    return tokens.url(tokens.Purpose.UNSUBSCRIBE, subscriber.token_key)
-
-
-def manage_url(subscriber: Subscriber) -> str:
-    """The personal, expiring link to the manage page (MANAGE_MAX_AGE)."""
-    return tokens.url(tokens.Purpose.MANAGE, subscriber.token_key)
+# --- unsubscribe, erasure and self-service (GDPR Art. 15, 16, 17, 20) -----------------
 
 
 def check_unsubscribe_token(token: str) -> None:
@@ -223,24 +202,6 @@ def unsubscribe(token: str) -> None:
     subscriber = db.session.scalar(select(Subscriber).where(Subscriber.token_key == key))
     if subscriber is not None:
         erase(subscriber, "unsubscribe")
-
-
-def erase(subscriber: Subscriber, reason: str) -> None:
-    """Delete the subscriber and everything tied to them, and count it (without the address).
-
-    Campaign bookkeeping and pending address changes go with the row (ON DELETE CASCADE);
-    unconfirmed sign-ups of the same address go too, since the person asked us to forget
-    the address. ``reason`` names the route: unsubscribe, manage, staff, undeliverable.
-    """
-    subscriber_id, email = subscriber.id, subscriber.email
-    _delete(delete(PendingSignup).where(PendingSignup.email == email))
-    deleted = _delete(delete(Subscriber).where(Subscriber.id == subscriber_id))
-    if deleted:
-        stats.tally(f"erased_{reason}")
-    db.session.commit()
-    erase_traces()
-    if deleted:
-        log.info("subscriber %s erased (%s)", subscriber_id, reason)
 
 
 def find_by_address(raw_email: str) -> Subscriber | None:
@@ -284,7 +245,7 @@ def request_manage_link(raw_email: str) -> None:
     """
     email = addresses.normalize(raw_email)
     subscriber_id = db.session.scalar(select(Subscriber.id).where(Subscriber.email == email))
-    jobs.enqueue_manage_link(subscriber_id)
+    enqueue_manage_link(subscriber_id)
 
 
 def subscriber_for_manage_token(token: str) -> Subscriber | None:
@@ -308,8 +269,6 @@ def pending_address_change(subscriber: Subscriber) -> PendingSignup | None:
 
 def export_data(subscriber: Subscriber) -> dict:
     """Everything we hold about the subscriber, machine-readable (Art. 15, 20)."""
-    from newsletter.models import DeferredDelivery
-
     consent_text = subscriber.consent_text
     change = pending_address_change(subscriber)
     deferred = db.session.scalars(
@@ -375,5 +334,121 @@ def request_address_change(subscriber: Subscriber, raw_email: str) -> None:
     )
     db.session.commit()
     pending = _upsert_pending(email, PendingPurpose.CHANGE_EMAIL, None, None, subscriber.id)
-    jobs.enqueue_confirmation(pending.id)
+    enqueue_confirmation(pending.id)
     log.info("subscriber %s asked to change the address (pending %s)", subscriber.id, pending.id)
+
+
+# --- the mail jobs: confirmation and manage link ------------------------------------------
+
+MAIL_RETRY = Retry(max=3, interval=[10, 60, 300])
+
+# The tally of confirmation mails given up; the admin dashboard shows it.
+CONFIRMATION_FAILED = "confirmation_failed"
+
+
+def confirmation_retry() -> Retry | None:
+    """CONFIRM_RETRY_ATTEMPTS tries in all, CONFIRM_RETRY_DELAY apart, doubling each time."""
+    attempts = current_app.config["CONFIRM_RETRY_ATTEMPTS"]
+    delay = current_app.config["CONFIRM_RETRY_DELAY"]
+    if attempts < 2:
+        return None
+    return Retry(max=attempts - 1, interval=[delay * 2**n for n in range(attempts - 1)])
+
+
+def enqueue_confirmation(pending_id: int):
+    return enqueue(
+        "mail",
+        send_confirmation,
+        pending_id,
+        job_id=f"confirm-{pending_id}",
+        retry=confirmation_retry(),
+    )
+
+
+@job
+def send_confirmation(pending_id: int) -> None:
+    """Mail the confirmation link of a pending sign-up or address change, once.
+
+    A refusal of the recipient or the message ends the pending sign-up: at once when it is
+    permanent (5xx), after the last of RQ's retries when it is temporary (4xx). Anything
+    else (the relay unreachable, our login or sender refused) concerns every mail, not
+    this one: the job fails and the tick enqueues it again until the sign-up expires.
+    """
+    pending = db.session.get(PendingSignup, pending_id)
+    if pending is None or pending.mail_sent_at is not None:
+        return
+    if pending.purpose == PendingPurpose.SUBSCRIBE:
+        subscribed = db.session.scalar(
+            select(Subscriber.id).where(Subscriber.email == pending.email)
+        )
+        if subscribed is not None:
+            # Already a subscriber: no second subscription and no mail, and the visitor saw
+            # the same page as everyone else.
+            db.session.delete(pending)
+            db.session.commit()
+            log.info("sign-up %s: address already subscribed, nothing sent", pending_id)
+            return
+    link = tokens.url(tokens.Purpose.CONFIRM, confirm_key(pending))
+    if pending.purpose == PendingPurpose.SUBSCRIBE:
+        mail = builders.confirmation_mail(pending.email, link)
+    else:
+        mail = builders.change_address_mail(pending.email, link)
+    try:
+        smtp.send(mail, f"sign-up {pending_id}")
+    except smtp.MailRefused as refusal:
+        if not (refusal.permanent or last_attempt()):
+            raise  # RQ tries again after its backoff
+        _give_up_confirmation(pending, refusal.code)
+        return
+    pending.mail_sent_at = utcnow()
+    db.session.commit()
+    log.info("sign-up %s: confirmation mail sent", pending_id)
+
+
+def _give_up_confirmation(pending: PendingSignup, code: int) -> None:
+    """Delete a pending sign-up whose confirmation mail cannot be delivered, and count it.
+
+    Deleting (there is no column to mark it) keeps the tick from enqueueing it again and
+    drops an address we cannot use anyway; the visitor can simply sign up again. An
+    address change goes the same way: the subscriber keeps the old address.
+    """
+    pending_id, subscriber_id = pending.id, pending.subscriber_id
+    db.session.delete(pending)
+    stats.tally(CONFIRMATION_FAILED)
+    db.session.commit()
+    erase_traces()
+    owner = f" (subscriber {subscriber_id})" if subscriber_id is not None else ""
+    log.warning(
+        "sign-up %s%s: SMTP refused the confirmation mail (%s); given up", pending_id, owner, code
+    )
+
+
+def requeue_unsent_confirmations() -> None:
+    """Re-enqueue confirmation mails whose job was lost, e.g. Redis was emptied (a tick task)."""
+    grace = utcnow() - timedelta(seconds=30)
+    ids = db.session.scalars(
+        select(PendingSignup.id).where(
+            PendingSignup.mail_sent_at.is_(None), PendingSignup.requested_at < grace
+        )
+    ).all()
+    for pending_id in ids:
+        enqueue_confirmation(pending_id)
+
+
+def enqueue_manage_link(subscriber_id: int | None):
+    """Queue the manage-link mail; ``None`` (an unknown address) queues a job that does nothing.
+
+    Both cases cost the web request the same, so its timing reveals nothing.
+    """
+    return enqueue("mail", send_manage_link, subscriber_id, retry=MAIL_RETRY)
+
+
+@job
+def send_manage_link(subscriber_id: int | None) -> None:
+    """Mail a subscriber their personal, expiring manage link."""
+    subscriber = db.session.get(Subscriber, subscriber_id) if subscriber_id is not None else None
+    if subscriber is None:
+        return  # an unknown address, or erased since: nothing to send
+    mail = builders.manage_mail(subscriber.email, tokens.manage_url(subscriber))
+    smtp.send(mail, f"manage link for subscriber {subscriber_id}")
+    log.info("subscriber %s: manage link sent", subscriber_id)

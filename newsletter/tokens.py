@@ -98,3 +98,17 @@ def check_short_mac(purpose: Purpose, payload: bytes, mac: bytes) -> bool:
         )
         for key in signer.secret_keys
     )
+
+
+def unsubscribe_url(subscriber) -> str:
+    """The personal unsubscribe link every newsletter carries.
+
+    It names the subscription's random ``token_key``, not the address, and does not
+    expire: it works until the subscriber is gone and never for a later subscription.
+    """
+    return url(Purpose.UNSUBSCRIBE, subscriber.token_key)
+
+
+def manage_url(subscriber) -> str:
+    """The personal, expiring link to a subscriber's manage page (MANAGE_MAX_AGE)."""
+    return url(Purpose.MANAGE, subscriber.token_key)

@@ -23,7 +23,8 @@ from rq import SimpleWorker
 from sqlalchemy import create_engine, text
 
 from newsletter import create_app, embedded_redis
-from newsletter.extensions import QUEUE_NAMES, db, get_queue, get_redis
+from newsletter.extensions import db, get_redis
+from newsletter.queue import QUEUE_NAMES, get_queue
 from tests.smtp_server import SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent

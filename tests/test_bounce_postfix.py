@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from newsletter import bounces, mailing, verp
+from newsletter import bounces, verp
 from newsletter.extensions import db
+from newsletter.mail import builders as mailing
 from newsletter.models import Campaign, Subscriber
 from tests.bounce_mail import (
     BOUNCE_ADDRESS,

@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import func, select, update
 
 from newsletter import api_tokens, campaigns
-from newsletter.extensions import db, get_queue
+from newsletter.extensions import db
 from newsletter.models import ApiToken, Campaign, CampaignStatus
+from newsletter.queue import get_queue
 from tests.conftest import PUBLIC_URL, STAFF
 from tests.html_vectors import BENIGN, UNSAFE, assert_benign_kept, assert_clean
 
@@ -367,7 +368,7 @@ def test_schedule_local_times_in_winter_and_summer(api):
     assert response.get_json()["send_at"] == "2031-07-01T08:00:00+00:00"
 
 
-def test_schedule_now_enqueues_a_tick_at_once(api):
+def test_schedule_now_enqueues_the_start_at_once(api):
     created = api.create()
     before = datetime.now(UTC)
     response = api("POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "now"})
@@ -376,14 +377,14 @@ def test_schedule_now_enqueues_a_tick_at_once(api):
     assert scheduled["status"] == "scheduled" and "note" not in scheduled
     assert before - timedelta(seconds=1) <= datetime.fromisoformat(scheduled["send_at"])
     assert datetime.fromisoformat(scheduled["send_at"]) <= datetime.now(UTC)
-    assert f"tick-now-{created['id']}" in get_queue("tick").get_job_ids()
+    assert f"start-{created['id']}" in get_queue("tick").get_job_ids()
 
 
 def test_schedule_now_while_redis_is_down_is_kept_and_the_tick_sends_it_later(
     api, redis_down_app, work, smtp
 ):
     """The database is the scheduler: an outage of the queue delays the start, no more."""
-    from newsletter import jobs
+    from newsletter.tick import enqueue_tick
 
     readers = add_readers(2)
     created = api.create()
@@ -397,7 +398,7 @@ def test_schedule_now_while_redis_is_down_is_kept_and_the_tick_sends_it_later(
     assert db.session.get(Campaign, created["id"]).status == CampaignStatus.SCHEDULED
     assert get_queue("tick").count == 0 and editions(smtp) == []
 
-    jobs.enqueue_tick(0)  # what worker.py does every TICK_INTERVAL, with Redis back
+    enqueue_tick(0)  # what worker.py does every TICK_INTERVAL, with Redis back
     work()
     assert api("GET", f"/campaigns/{created['id']}").get_json()["status"] == "sent"
     assert sorted(r for m in editions(smtp) for r in m.rcpt_tos) == sorted(readers)
@@ -472,7 +473,7 @@ def test_resume_of_a_campaign_that_never_started_sends_it_now(api):
     resumed = response.get_json()
     assert resumed["status"] == "scheduled"
     assert datetime.fromisoformat(resumed["send_at"]) > datetime.now(UTC) - timedelta(minutes=1)
-    assert f"tick-now-{created['id']}" in get_queue("tick").get_job_ids()
+    assert f"start-{created['id']}" in get_queue("tick").get_job_ids()
 
 
 # --- test send ------------------------------------------------------------------------
@@ -581,7 +582,7 @@ def test_marketer_journey_schedule_now_watch_live_totals_until_sent(api, work, s
     readers = add_readers(4)
     created = api.create()
     api("POST", f"/campaigns/{created['id']}/schedule", json={"send_at": "now"})
-    assert sending.start(created["id"])  # what the tick enqueued at once does first
+    assert sending.start(created["id"])  # what the job enqueued at once does
     live = api("GET", f"/campaigns/{created['id']}").get_json()
     assert live["status"] == "sending" and live["recipients"] == 4 and live["sent"] == 0
 

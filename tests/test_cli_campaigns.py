@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from newsletter import auth, campaigns
-from newsletter.extensions import db, get_queue
+from newsletter.extensions import db
 from newsletter.models import ApiToken, Campaign, CampaignStatus
+from newsletter.queue import get_queue
 from tests.conftest import ROOT
 from tests.html_vectors import BENIGN, UNSAFE, assert_benign_kept, assert_clean
 
@@ -167,7 +168,7 @@ def test_campaign_schedule_at_a_time_with_offset(runner, html_file):
 def test_campaign_schedule_now_cancel_and_resume(runner, html_file):
     campaign_id = create_campaign(runner, html_file)
     invoke(runner, "campaign", "schedule", str(campaign_id), "--at", "now")
-    assert f"tick-now-{campaign_id}" in get_queue("tick").get_job_ids()
+    assert f"start-{campaign_id}" in get_queue("tick").get_job_ids()
     result = invoke(runner, "campaign", "resume", str(campaign_id), ok=False)
     assert "only a paused campaign can be resumed" in result.output
     invoke(runner, "campaign", "cancel", str(campaign_id))

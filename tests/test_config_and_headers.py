@@ -48,11 +48,11 @@ def test_an_edition_goes_out_with_an_idn_public_url_and_list_id(
     app = create_app(test_config={"TESTING": True}, environ=environ)
     with app.app_context():
         try:
-            campaign = campaigns.create("Hallo", "<p>Hallo</p>")
-            campaigns.schedule(campaign.id, "now")
+            campaign_id = campaigns.create("Hallo", "<p>Hallo</p>").id
+            campaigns.schedule(campaign_id, "now")
             for _ in range(3):
-                run_jobs(app)
-            sent = db.session.scalar(select(Campaign).where(Campaign.id == campaign.id))
+                run_jobs(app)  # the jobs share this thread's session and detach its objects
+            sent = db.session.scalar(select(Campaign).where(Campaign.id == campaign_id))
             assert (sent.status.value, sent.sent, sent.failed) == ("sent", 1, 0)
         finally:
             db.session.remove()

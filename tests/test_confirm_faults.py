@@ -10,9 +10,10 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy import func, select
 
-from newsletter import jobs, stats
-from newsletter.extensions import db, get_queue, get_redis
+from newsletter import stats, subscriptions
+from newsletter.extensions import db, get_redis
 from newsletter.models import PendingPurpose, PendingSignup, utcnow
+from newsletter.queue import get_queue
 from tests.conftest import post_signup, service_log
 
 ADDRESS = "refusing.reader@example.com"
@@ -30,8 +31,8 @@ def pending_count() -> int:
 
 
 def given_up() -> int:
-    counts = stats.monthly([jobs.CONFIRMATION_FAILED]).values()
-    return sum(month.get(jobs.CONFIRMATION_FAILED, 0) for month in counts)
+    counts = stats.monthly([subscriptions.CONFIRMATION_FAILED]).values()
+    return sum(month.get(subscriptions.CONFIRMATION_FAILED, 0) for month in counts)
 
 
 def run_ticks(work, count: int = 2) -> None:
@@ -41,7 +42,7 @@ def run_ticks(work, count: int = 2) -> None:
     )
     db.session.commit()
     for _ in range(count):
-        jobs.requeue_unsent_confirmations()
+        subscriptions.requeue_unsent_confirmations()
         db.session.remove()
         work()
 

@@ -9,9 +9,11 @@ import subprocess
 import dkim as dkimpy
 import pytest
 
-from newsletter import create_app, dkim, mailing
+from newsletter import create_app
 from newsletter.config import ConfigError, load
 from newsletter.extensions import db
+from newsletter.mail import builders as mailing
+from newsletter.mail import dkim
 
 DOMAIN = "news.example.com"
 SELECTOR = "nl2026"

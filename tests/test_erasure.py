@@ -20,8 +20,8 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
-from newsletter import stats, subscriptions
-from newsletter.extensions import QUEUE_NAMES, db, get_queue, get_redis
+from newsletter import stats, subscriptions, tokens
+from newsletter.extensions import db, get_redis
 from newsletter.models import (
     Campaign,
     CampaignStatus,
@@ -30,6 +30,7 @@ from newsletter.models import (
     Subscriber,
     utcnow,
 )
+from newsletter.queue import QUEUE_NAMES, get_queue
 from tests.conftest import csrf_token, link_in, path_of, service_log
 
 ADDRESS = "Erase.Me.4711@Example.com"
@@ -110,7 +111,7 @@ def reader_with_everything(app, client, work, smtp, subscribed) -> tuple[int, st
     )
     assert db.session.scalar(select(func.count()).select_from(PendingSignup)) == 2
     assert db.session.scalar(select(func.count()).select_from(DeferredDelivery)) == 1
-    return reader.id, path_of(subscriptions.unsubscribe_url(reader))
+    return reader.id, path_of(tokens.unsubscribe_url(reader))
 
 
 def erase_through(route: str, app, client, runner, unsubscribe_path: str) -> None:
@@ -121,7 +122,7 @@ def erase_through(route: str, app, client, runner, unsubscribe_path: str) -> Non
         assert b"unsubscribed" in body
     elif route == "manage":
         reader = db.session.scalar(select(Subscriber))
-        manage = path_of(subscriptions.manage_url(reader))
+        manage = path_of(tokens.manage_url(reader))
         response = client.post(f"{manage}/delete", data={"csrf_token": csrf_token(client, manage)})
         assert response.status_code == 200
     else:
@@ -282,7 +283,7 @@ def test_cli_stats_counts_erasures_by_route_without_addresses(app, runner, clien
     for email in ("one@example.com", "two@example.com", "three@example.com"):
         subscribed(email)
     reader = db.session.scalar(select(Subscriber).where(Subscriber.email == "one@example.com"))
-    app.test_client(use_cookies=False).post(path_of(subscriptions.unsubscribe_url(reader)))
+    app.test_client(use_cookies=False).post(path_of(tokens.unsubscribe_url(reader)))
     runner.invoke(args=["subscriber", "delete", "two@example.com", "--yes"])
 
     result = runner.invoke(args=["subscriber", "stats"])

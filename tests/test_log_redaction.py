@@ -21,9 +21,10 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from newsletter import jobs
+from newsletter import subscriptions
 from newsletter.extensions import db, get_redis
 from newsletter.models import ConsentText, PendingSignup, Subscriber
+from newsletter.queue import enqueue
 from tests.conftest import ROOT, Browser, csrf_token, run_worker_process
 
 ADDRESS = "forced.failure.0815@example.com"
@@ -175,7 +176,7 @@ def test_forced_error_in_a_job_reaches_no_log_and_no_redis(
     # Fail it for good at once (no retry), so that RQ keeps its traceback in Redis.
     get_redis().flushdb()
     pending_id = db.session.scalar(select(PendingSignup.id))
-    jobs.enqueue("mail", jobs.send_confirmation, pending_id, job_id=f"confirm-{pending_id}")
+    enqueue("mail", subscriptions.send_confirmation, pending_id, job_id=f"confirm-{pending_id}")
     db.session.remove()
     result = run_worker_process(base_environ, "--burst")
     output = result.stdout + result.stderr

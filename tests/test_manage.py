@@ -7,9 +7,10 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from newsletter import stats, subscriptions, tokens
-from newsletter.extensions import db, get_queue
+from newsletter import stats, tokens
+from newsletter.extensions import db
 from newsletter.models import PendingPurpose, PendingSignup, Subscriber
+from newsletter.queue import get_queue
 from tests.conftest import PUBLIC_URL, csrf_token, link_in, path_of, post_signup
 
 
@@ -320,7 +321,7 @@ def test_manage_mail_job_carries_only_an_id(app, client, subscribed):
     [job] = get_queue("mail").jobs
     assert job.description == "send_manage_link"
     assert job.args == (subscriber("quiet@example.com").id,)
-    assert subscriptions.manage_url(subscriber("quiet@example.com")).startswith(PUBLIC_URL)
+    assert tokens.manage_url(subscriber("quiet@example.com")).startswith(PUBLIC_URL)
 
 
 def test_privacy_notice_states_what_why_how_long_the_rights_and_the_controller(app, client):

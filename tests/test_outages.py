@@ -26,7 +26,7 @@ from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 from rq.scheduler import RQScheduler
 
-from newsletter import create_app, jobs, subscriptions
+from newsletter import create_app, subscriptions, tokens
 from newsletter.extensions import db, get_redis
 from newsletter.models import CampaignStatus, SendBatch, Subscriber
 from tests import test_send_faults
@@ -177,7 +177,7 @@ def test_idle_worker_gets_its_scheduler_back_after_a_redis_restart(redis_server,
     client = redis.Redis.from_url(redis_server.url)
     try:
         job = Queue("mail", connection=client).enqueue_in(
-            timedelta(seconds=1), jobs.send_manage_link, None, result_ttl=60
+            timedelta(seconds=1), subscriptions.send_manage_link, None, result_ttl=60
         )
         wait_until(
             lambda: job.get_status(refresh=True) == JobStatus.FINISHED,
@@ -287,7 +287,7 @@ def test_workers_and_web_ride_out_a_postgresql_restart_and_the_send_completes(
 ):
     ids = add_subscribers(READERS)
     campaign_id = add_campaign()
-    manage_path = path_of(subscriptions.manage_url(db.session.get(Subscriber, ids[0])))
+    manage_path = path_of(tokens.manage_url(db.session.get(Subscriber, ids[0])))
     client = cluster_app.test_client()
     assert client.get(manage_path).status_code == 200  # the pool keeps that connection
     db.session.remove()

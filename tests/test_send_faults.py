@@ -16,7 +16,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from newsletter import campaigns, sending, subscriptions
+from newsletter import campaigns, sending, tokens
 from newsletter.extensions import db, get_redis
 from newsletter.models import CampaignStatus, SendBatch, Subscriber
 from tests.conftest import ROOT, path_of
@@ -183,7 +183,7 @@ def test_reader_who_unsubscribes_mid_send_gets_nothing_more(app, client, smtp, w
     smtp.handler.delay = 0.05
     leaving = [db.session.get(Subscriber, i) for i in (ids[25], ids[-1])]
     leaving_addresses = [s.email for s in leaving]
-    paths = [path_of(subscriptions.unsubscribe_url(s)) for s in leaving]
+    paths = [path_of(tokens.unsubscribe_url(s)) for s in leaving]
 
     worker = workers()
     wait_until(lambda: len(smtp.messages) >= 5, 60, "sending to start")

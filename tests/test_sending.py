@@ -13,8 +13,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from newsletter import consent, jobs, sending, subscriptions
-from newsletter.extensions import db, get_queue, get_redis
+from newsletter import campaigns, consent, sending, subscriptions, tokens
+from newsletter.extensions import db, get_redis
+from newsletter.mail.smtp import Outcome, classify, redact
 from newsletter.models import (
     BatchStatus,
     Campaign,
@@ -25,6 +26,8 @@ from newsletter.models import (
     Tally,
     utcnow,
 )
+from newsletter.queue import get_queue
+from newsletter.tick import tick
 from tests.conftest import link_in
 
 BATCH = 10
@@ -122,7 +125,7 @@ def test_full_send_gives_each_reader_one_mail_with_their_own_unsubscribe_link(ap
     ids = add_subscribers(50)
     campaign_id = add_campaign()
 
-    jobs.tick()
+    tick()
     work()
 
     copies = copies_per_recipient(smtp)
@@ -130,7 +133,7 @@ def test_full_send_gives_each_reader_one_mail_with_their_own_unsubscribe_link(ap
     for subscriber_id in ids:
         subscriber = db.session.get(Subscriber, subscriber_id)
         [mail] = smtp.to(subscriber.email)
-        url = subscriptions.unsubscribe_url(subscriber)
+        url = tokens.unsubscribe_url(subscriber)
         assert link_in(mail.text, "unsubscribe") == url
         assert link_in(mail.html, "unsubscribe") == url
         assert mail.message["List-Unsubscribe"] == f"<{url}>"
@@ -146,7 +149,7 @@ def test_full_send_gives_each_reader_one_mail_with_their_own_unsubscribe_link(ap
 
 def test_campaign_without_subscribers_is_sent_at_once(app, work):
     campaign_id = add_campaign()
-    jobs.tick()
+    tick()
     campaign = campaign_row(campaign_id)
     assert campaign.status == CampaignStatus.SENT and campaign.recipients == 0
 
@@ -154,7 +157,7 @@ def test_campaign_without_subscribers_is_sent_at_once(app, work):
 def test_future_campaign_is_not_started(app, work, smtp):
     add_subscribers(3)
     campaign_id = add_campaign(send_at=utcnow() + timedelta(minutes=5))
-    jobs.tick()
+    tick()
     work()
     assert campaign_row(campaign_id).status == CampaignStatus.SCHEDULED
     assert smtp.messages == [] and count(SendBatch) == 0
@@ -165,13 +168,13 @@ def test_concurrent_ticks_start_a_campaign_once(app, work, smtp):
     campaign_id = add_campaign()
     barrier = threading.Barrier(4)
 
-    def tick():
+    def start_due():
         with app.app_context():
             barrier.wait()
             sending.start_due_campaigns()
             db.session.remove()
 
-    threads = [threading.Thread(target=tick) for _ in range(4)]
+    threads = [threading.Thread(target=start_due) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -180,7 +183,7 @@ def test_concurrent_ticks_start_a_campaign_once(app, work, smtp):
 
     assert count(SendBatch) == 3
     assert get_queue("send").count == 3
-    jobs.tick()
+    tick()
     work()
     assert set(copies_per_recipient(smtp).values()) == {1}
     assert len(smtp.messages) == 30
@@ -205,7 +208,7 @@ def test_overdue_campaign_waits_for_a_person(app, work, smtp):
         send_at=utcnow() - timedelta(seconds=app.config["OVERDUE_LIMIT"] + 60)
     )
 
-    jobs.tick()
+    tick()
     work()
 
     campaign = campaign_row(campaign_id)
@@ -213,7 +216,7 @@ def test_overdue_campaign_waits_for_a_person(app, work, smtp):
     assert "scheduled time" in campaign.status_reason
     assert smtp.messages == [] and count(SendBatch) == 0
 
-    assert sending.resume(campaign_id)  # a marketer decides to send it now
+    assert campaigns.resume(campaign_id)  # a marketer decides to send it now
     work()
     assert len(smtp.messages) == 3
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
@@ -226,7 +229,7 @@ def test_redis_emptied_after_scheduling_loses_nothing(app, work, smtp):
     add_subscribers(5)
     campaign_id = add_campaign()
     get_redis().flushdb()
-    jobs.tick()
+    tick()
     work()
     assert len(smtp.messages) == 5
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
@@ -246,12 +249,12 @@ def test_redis_emptied_after_fan_out_is_recovered_by_the_tick(app, work, smtp):
     sending.start(campaign_id)
     get_redis().flushdb()  # the batch jobs are gone
 
-    jobs.tick()  # too early: the fresh batches get a grace period
+    tick()  # too early: the fresh batches get a grace period
     assert get_queue("send").count == 0
     expire_leases(campaign_id)
-    jobs.tick()
+    tick()
     assert get_queue("send").count == 3
-    jobs.tick()  # asking again does not duplicate waiting jobs
+    tick()  # asking again does not duplicate waiting jobs
     assert get_queue("send").count == 3
     work()
 
@@ -272,10 +275,10 @@ def test_expired_lease_of_a_vanished_worker_is_taken_over(app, work, smtp):
     db.session.commit()
     batch_id = batch.id
 
-    jobs.tick()
+    tick()
     assert get_queue("send").count == 0  # the lease still holds
     expire_leases(campaign_id)
-    jobs.tick()
+    tick()
     assert get_queue("send").job_ids == [f"batch-{batch_id}-1"]
     work()
 
@@ -304,7 +307,7 @@ def test_4xx_is_retried_with_backoff_and_then_delivered(app, work, smtp):
     campaign_id = add_campaign()
     before = utcnow()
 
-    jobs.tick()
+    tick()
     work()
 
     assert smtp.to(busy) == [] and len(smtp.messages) == 14
@@ -315,12 +318,12 @@ def test_4xx_is_retried_with_backoff_and_then_delivered(app, work, smtp):
     assert totals(campaign_id) == {"recipients": 15, "sent": 14, "failed": 0, "unknown": 0}
 
     del smtp.handler.replies[busy]
-    jobs.tick()
+    tick()
     work()
     assert smtp.to(busy) == []  # not due yet
 
     make_due(campaign_id)
-    jobs.tick()
+    tick()
     work()
     assert len(smtp.to(busy)) == 1
     campaign = campaign_row(campaign_id)
@@ -336,17 +339,17 @@ def test_4xx_that_never_clears_counts_as_failed(app, work, smtp):
     smtp.handler.replies[busy] = "450 4.2.1 mailbox unavailable"
     campaign_id = add_campaign()
 
-    jobs.tick()
+    tick()
     work()
     make_due(campaign_id)
     before = utcnow()
-    jobs.tick()
+    tick()
     work()
     row = db.session.scalar(select(DeferredDelivery))
     assert row.attempts == 2
     assert row.next_attempt_at >= before + timedelta(seconds=120)  # the backoff doubles
     make_due(campaign_id)
-    jobs.tick()
+    tick()
     work()
 
     campaign = campaign_row(campaign_id)
@@ -396,7 +399,7 @@ def test_4xx_after_the_lease_was_lost_leaves_no_retry_row_and_the_new_owner_fini
 
     del smtp.handler.replies[busy]
     make_due(campaign_id)
-    jobs.tick()
+    tick()
     work()
     copies = copies_per_recipient(smtp)
     assert copies == {address(i): 1 for i in ids}
@@ -429,7 +432,7 @@ def test_retry_that_lost_its_lease_mid_message_counts_nothing(app, work, smtp):
     busy = address(ids[1])
     smtp.handler.replies[busy] = "451 4.3.0 try later"
     campaign_id = add_campaign()
-    jobs.tick()
+    tick()
     work()
     del smtp.handler.replies[busy]
     make_due(campaign_id)
@@ -467,7 +470,7 @@ def test_retry_waiting_for_the_rate_keeps_renewing_its_lease(app, work, smtp):
     busy = address(ids[1])
     smtp.handler.replies[busy] = "451 4.3.0 try later"
     campaign_id = add_campaign()
-    jobs.tick()
+    tick()
     work()
     del smtp.handler.replies[busy]
     make_due(campaign_id)
@@ -507,7 +510,7 @@ def test_no_such_mailbox_erases_the_address_and_counts_failed(app, work, smtp):
     smtp.handler.replies[gone] = "550 5.1.1 no such user here"
     campaign_id = add_campaign()
 
-    jobs.tick()
+    tick()
     work()
 
     assert db.session.get(Subscriber, ids[4]) is None
@@ -522,7 +525,7 @@ def test_other_permanent_refusal_counts_failed_and_keeps_the_reader(app, work, s
     ids = add_subscribers(4)
     smtp.handler.replies[address(ids[0])] = "554 5.6.0 message content rejected"
     campaign_id = add_campaign()
-    jobs.tick()
+    tick()
     work()
     assert db.session.get(Subscriber, ids[0]) is not None
     campaign = campaign_row(campaign_id)
@@ -535,7 +538,7 @@ def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(
     smtp.handler.replies[blocked] = "550 5.7.1 sender blocked by policy"
     campaign_id = add_campaign()
 
-    jobs.tick()
+    tick()
     work()
 
     campaign = campaign_row(campaign_id)
@@ -552,9 +555,9 @@ def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(
     assert db.session.scalar(second) == ids[14]
 
     del smtp.handler.replies[blocked]
-    assert sending.resume(campaign_id)
+    assert campaigns.resume(campaign_id)
     work()
-    jobs.tick()  # the retry of the blocked reader is due at once
+    tick()  # the retry of the blocked reader is due at once
     work()
 
     copies = copies_per_recipient(smtp)
@@ -571,13 +574,13 @@ def test_block_that_never_clears_ends_as_failed_after_the_retries(app, work, smt
     smtp.handler.replies[blocked] = "550 5.7.1 blocked"
     campaign_id = add_campaign()
 
-    jobs.tick()
+    tick()
     work()
     for _ in range(2):  # a person resumes; the same reader is blocked again
         assert campaign_row(campaign_id).status == CampaignStatus.PAUSED
-        assert sending.resume(campaign_id)
+        assert campaigns.resume(campaign_id)
         work()
-        jobs.tick()
+        tick()
         work()
 
     campaign = campaign_row(campaign_id)
@@ -592,7 +595,7 @@ def test_pause_reason_keeps_no_address_the_server_quoted(app, work, smtp):
     reply = f"550 5.7.1 <{blocked}>: blocked, ask postmaster@example.net"
     smtp.handler.rcpt_replies[blocked] = reply
     campaign_id = add_campaign()
-    jobs.tick()
+    tick()
     work()
     reason = campaign_row(campaign_id).status_reason
     assert "5.7.1 <address>: blocked, ask [address]" in reason
@@ -610,8 +613,8 @@ def test_pause_reason_keeps_no_address_the_server_quoted(app, work, smtp):
     ],
 )
 def test_redact_replaces_anything_like_an_address(reply, redacted):
-    assert sending.redact(reply) == redacted
-    assert "@" not in sending.redact(reply)
+    assert redact(reply) == redacted
+    assert "@" not in redact(reply)
 
 
 def test_connection_dropped_after_data_counts_unknown_and_resends_nothing(app, work, smtp):
@@ -619,7 +622,7 @@ def test_connection_dropped_after_data_counts_unknown_and_resends_nothing(app, w
     smtp.handler.drop_after_data.add(address(ids[5]))
     campaign_id = add_campaign()
 
-    jobs.tick()
+    tick()
     work()
 
     copies = copies_per_recipient(smtp)
@@ -636,7 +639,7 @@ def test_unreachable_smtp_server_hands_the_batch_back_for_later(app, work, smtp)
     port = mail_state.port
     mail_state.port = 9  # nothing listens on the discard port
     try:
-        jobs.tick()
+        tick()
         work()
     finally:
         mail_state.port = port
@@ -648,7 +651,7 @@ def test_unreachable_smtp_server_hands_the_batch_back_for_later(app, work, smtp)
 
     batch.lease_until = utcnow() - timedelta(seconds=1)
     db.session.commit()
-    jobs.tick()
+    tick()
     work()
     assert len(smtp.messages) == 5
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
@@ -671,7 +674,7 @@ def test_failed_tls_or_login_pauses_the_campaign_with_a_reason(app, work, smtp, 
     for name, value in setup.items():
         setattr(mail_state, name, value)
     try:
-        jobs.tick()
+        tick()
         work()
         campaign = campaign_row(campaign_id)
         assert campaign.status == CampaignStatus.PAUSED
@@ -683,7 +686,7 @@ def test_failed_tls_or_login_pauses_the_campaign_with_a_reason(app, work, smtp, 
         for name, value in saved.items():
             setattr(mail_state, name, value)
 
-    assert sending.resume(campaign_id)
+    assert campaigns.resume(campaign_id)
     work()
     assert len(smtp.messages) == 5
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
@@ -695,7 +698,7 @@ def test_address_smtp_cannot_carry_counts_failed_and_the_batch_goes_on(app, work
     db.session.commit()
     campaign_id = add_campaign()
 
-    jobs.tick()
+    tick()
     work()
 
     campaign = campaign_row(campaign_id)
@@ -749,13 +752,13 @@ def test_deferred_bookkeeping_goes_with_its_subscriber(app, work, smtp):
     ids = add_subscribers(3)
     smtp.handler.replies[address(ids[2])] = "452 4.2.2 mailbox full"
     campaign_id = add_campaign()
-    jobs.tick()
+    tick()
     work()
     assert count(DeferredDelivery) == 1
 
     subscriptions.erase(db.session.get(Subscriber, ids[2]), "unsubscribe")
     assert count(DeferredDelivery) == 0
-    jobs.tick()
+    tick()
     assert campaign_row(campaign_id).status == CampaignStatus.SENT
 
 
@@ -772,7 +775,7 @@ def test_cancelled_campaign_keeps_its_totals_and_drops_the_bookkeeping(app, work
     db.session.commit()
 
     work()
-    jobs.tick()
+    tick()
 
     campaign = campaign_row(campaign_id)
     assert campaign.status == CampaignStatus.CANCELLED
@@ -828,34 +831,34 @@ def test_concurrent_settling_of_a_cancelled_campaign_counts_once(app, smtp):
 @pytest.mark.parametrize(
     ("code", "message", "outcome"),
     [
-        (450, b"4.2.1 try later", sending.Outcome.DEFERRED),
-        (421, b"closing", sending.Outcome.DEFERRED),
-        (550, b"5.1.1 <x@example.com>: no such user", sending.Outcome.NO_MAILBOX),
-        (550, b"5.1.10 null MX", sending.Outcome.NO_MAILBOX),
-        (553, b"5.1.3 bad address syntax", sending.Outcome.FAILED),
-        (553, b"5.1.8 sender domain does not resolve", sending.Outcome.SENDER),
-        (550, b"5.1.7 bad sender mailbox syntax", sending.Outcome.SENDER),
-        (550, b"5.7.1 blocked by policy", sending.Outcome.BLOCKED),
-        (554, b"5.7.26 DMARC policy", sending.Outcome.BLOCKED),
-        (550, b"mailbox unavailable", sending.Outcome.FAILED),
-        (552, b"5.3.4 message too big", sending.Outcome.FAILED),
+        (450, b"4.2.1 try later", Outcome.DEFERRED),
+        (421, b"closing", Outcome.DEFERRED),
+        (550, b"5.1.1 <x@example.com>: no such user", Outcome.NO_MAILBOX),
+        (550, b"5.1.10 null MX", Outcome.NO_MAILBOX),
+        (553, b"5.1.3 bad address syntax", Outcome.FAILED),
+        (553, b"5.1.8 sender domain does not resolve", Outcome.SENDER),
+        (550, b"5.1.7 bad sender mailbox syntax", Outcome.SENDER),
+        (550, b"5.7.1 blocked by policy", Outcome.BLOCKED),
+        (554, b"5.7.26 DMARC policy", Outcome.BLOCKED),
+        (550, b"mailbox unavailable", Outcome.FAILED),
+        (552, b"5.3.4 message too big", Outcome.FAILED),
     ],
 )
 def test_smtp_replies_are_sorted_by_class(code, message, outcome):
-    assert sending.classify(code, message) is outcome
+    assert classify(code, message) is outcome
 
 
 @pytest.mark.parametrize(
     ("code", "message", "outcome"),
     [
-        (550, b"5.1.1 sender unknown", sending.Outcome.SENDER),
-        (553, b"mailbox name not allowed", sending.Outcome.SENDER),
-        (550, b"5.7.1 sender blocked", sending.Outcome.BLOCKED),
-        (451, b"4.1.8 try later", sending.Outcome.DEFERRED),
+        (550, b"5.1.1 sender unknown", Outcome.SENDER),
+        (553, b"mailbox name not allowed", Outcome.SENDER),
+        (550, b"5.7.1 sender blocked", Outcome.BLOCKED),
+        (451, b"4.1.8 try later", Outcome.DEFERRED),
     ],
 )
 def test_refused_mail_from_is_about_our_sender_never_the_reader(code, message, outcome):
-    assert sending.classify(code, message, "mail") is outcome
+    assert classify(code, message, "mail") is outcome
 
 
 @pytest.mark.parametrize(
@@ -870,7 +873,7 @@ def test_refused_sender_address_pauses_and_erases_nobody(app, work, smtp, stage,
         smtp.handler.rcpt_replies[address(ids[3])] = reply
     campaign_id = add_campaign()
 
-    jobs.tick()
+    tick()
     work()
 
     assert count(Subscriber) == 12  # nobody is erased for our own address's fault
@@ -881,7 +884,7 @@ def test_refused_sender_address_pauses_and_erases_nobody(app, work, smtp, stage,
 
     smtp.handler.mail_reply = None
     smtp.handler.rcpt_replies.clear()
-    assert sending.resume(campaign_id)
+    assert campaigns.resume(campaign_id)
     work()
     copies = copies_per_recipient(smtp)
     assert len(copies) == 12 and set(copies.values()) == {1}
@@ -892,7 +895,7 @@ def test_no_such_mailbox_at_rcpt_erases_the_address(app, work, smtp):
     ids = add_subscribers(5)
     smtp.handler.rcpt_replies[address(ids[2])] = "550 5.1.1 <reader2@example.com> unknown"
     campaign_id = add_campaign()
-    jobs.tick()
+    tick()
     work()
     assert db.session.get(Subscriber, ids[2]) is None and count(Subscriber) == 4
     campaign = campaign_row(campaign_id)
@@ -904,7 +907,7 @@ def test_connection_dropped_before_data_retries_the_reader(app, work, smtp):
     smtp.handler.drop_at_rcpt.add(address(ids[5]))
     campaign_id = add_campaign()
 
-    jobs.tick()
+    tick()
     work()
 
     copies = copies_per_recipient(smtp)

@@ -334,8 +334,8 @@ def test_trusted_hosts_rejects_other_hosts(app, client):
 def test_confirmation_is_resent_when_redis_lost_the_job(app, client, work, smtp):
     from datetime import timedelta
 
-    from newsletter import jobs
     from newsletter.extensions import get_redis
+    from newsletter.tick import enqueue_tick
 
     post_signup(client, "lost@example.com")
     get_redis().flushdb()  # Redis emptied before a worker took the job
@@ -344,7 +344,7 @@ def test_confirmation_is_resent_when_redis_lost_the_job(app, client, work, smtp)
     pending = db.session.scalar(select(PendingSignup))
     pending.requested_at -= timedelta(minutes=5)
     db.session.commit()
-    jobs.enqueue_tick(1)
+    enqueue_tick(1)
     work()
     work()
     assert [m.rcpt_tos for m in smtp.messages] == [["lost@example.com"]]
@@ -353,14 +353,14 @@ def test_confirmation_is_resent_when_redis_lost_the_job(app, client, work, smtp)
 def test_expired_sign_ups_are_purged_by_the_tick(app, client, work, smtp):
     from datetime import timedelta
 
-    from newsletter import jobs
+    from newsletter.tick import enqueue_tick
 
     post_signup(client, "stale@example.com")
     work()
     pending = db.session.scalar(select(PendingSignup))
     pending.requested_at -= timedelta(seconds=app.config["CONFIRM_MAX_AGE"] + 60)
     db.session.commit()
-    jobs.enqueue_tick(2)
+    enqueue_tick(2)
     work()
     assert count(PendingSignup) == 0
 
@@ -446,7 +446,7 @@ def test_redis_down_gets_a_503_page_and_the_sign_up_is_mailed_later(
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from newsletter import jobs
+    from newsletter.tick import enqueue_tick
 
     token = csrf_token(client)
     down = redis.Redis(unix_socket_path="/nonexistent/redis.sock", retry=Retry(NoBackoff(), 0))
@@ -461,7 +461,7 @@ def test_redis_down_gets_a_503_page_and_the_sign_up_is_mailed_later(
     pending = db.session.scalar(select(PendingSignup))
     pending.requested_at -= timedelta(minutes=1)
     db.session.commit()
-    jobs.enqueue_tick(3)
+    enqueue_tick(3)
     work()
     work()
     assert [m.rcpt_tos for m in smtp.messages] == [["patient@example.com"]]

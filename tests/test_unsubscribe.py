@@ -6,8 +6,9 @@ import re
 
 from sqlalchemy import func, select
 
-from newsletter import mailing, smtp, stats, subscriptions, tokens
+from newsletter import stats, tokens
 from newsletter.extensions import db
+from newsletter.mail import builders, smtp
 from newsletter.models import Subscriber
 from tests.conftest import csrf_token, link_in, path_of
 
@@ -26,12 +27,10 @@ def subscriber_count() -> int:
 
 def send_newsletter(smtp_server, reader: Subscriber):
     """Send one edition to ``reader`` the way campaigns do; return what the server received."""
-    template = mailing.edition_template(
+    template = builders.edition_template(
         "November news", "<p>Hello, readers.</p>", "Hello, readers."
     )
-    smtp.send(
-        template.render(reader.email, {"unsubscribe_url": subscriptions.unsubscribe_url(reader)})
-    )
+    smtp.send(template.render(reader.email, {"unsubscribe_url": tokens.unsubscribe_url(reader)}))
     return smtp_server.messages[-1]
 
 
@@ -56,7 +55,7 @@ def test_newsletter_carries_the_link_in_both_parts_and_plain_list_headers_on_the
     assert len(LONG_PUBLIC_URL) > 80
     subscribed("wire@example.com")
     app.config["PUBLIC_URL"] = LONG_PUBLIC_URL
-    url = subscriptions.unsubscribe_url(subscriber("wire@example.com"))
+    url = tokens.unsubscribe_url(subscriber("wire@example.com"))
     assert url.startswith(f"{LONG_PUBLIC_URL}/unsubscribe/") and len(url) > 140
 
     mail = send_newsletter(smtp, subscriber("wire@example.com"))
@@ -77,7 +76,7 @@ def test_newsletter_carries_the_link_in_both_parts_and_plain_list_headers_on_the
 
 def test_one_click_post_exactly_as_gmail_sends_it_erases_at_once(app, subscribed):
     subscribed("gmail@example.com")
-    path = path_of(subscriptions.unsubscribe_url(subscriber("gmail@example.com")))
+    path = path_of(tokens.unsubscribe_url(subscriber("gmail@example.com")))
 
     response = gmail_one_click(app, path)
 
@@ -91,7 +90,7 @@ def test_one_click_post_exactly_as_gmail_sends_it_erases_at_once(app, subscribed
 
 def test_one_click_post_as_multipart_form_data(app, subscribed):
     subscribed("multipart@example.com")
-    path = path_of(subscriptions.unsubscribe_url(subscriber("multipart@example.com")))
+    path = path_of(tokens.unsubscribe_url(subscriber("multipart@example.com")))
     response = one_click(
         app, path, data={"List-Unsubscribe": "One-Click"}, content_type="multipart/form-data"
     )
@@ -102,8 +101,8 @@ def test_one_click_post_as_multipart_form_data(app, subscribed):
 def test_one_click_from_another_origin_and_with_an_empty_body(app, subscribed):
     subscribed("origin@example.com")
     subscribed("empty@example.com")
-    origin_path = path_of(subscriptions.unsubscribe_url(subscriber("origin@example.com")))
-    empty_path = path_of(subscriptions.unsubscribe_url(subscriber("empty@example.com")))
+    origin_path = path_of(tokens.unsubscribe_url(subscriber("origin@example.com")))
+    empty_path = path_of(tokens.unsubscribe_url(subscriber("empty@example.com")))
     response = one_click(
         app,
         origin_path,
@@ -118,7 +117,7 @@ def test_one_click_from_another_origin_and_with_an_empty_body(app, subscribed):
 
 def test_get_and_head_change_nothing(app, client, subscribed):
     subscribed("scanner@example.com")
-    path = path_of(subscriptions.unsubscribe_url(subscriber("scanner@example.com")))
+    path = path_of(tokens.unsubscribe_url(subscriber("scanner@example.com")))
     for _ in range(3):
         page = client.get(path)
         assert page.status_code == 200
@@ -131,7 +130,7 @@ def test_get_and_head_change_nothing(app, client, subscribed):
 def test_the_button_on_the_page_works_with_or_without_csrf_token(app, client, subscribed):
     subscribed("button@example.com")
     subscribed("button2@example.com")
-    path = path_of(subscriptions.unsubscribe_url(subscriber("button@example.com")))
+    path = path_of(tokens.unsubscribe_url(subscriber("button@example.com")))
     page = client.get(path).get_data(as_text=True)
     action = re.search(r'<form method="post" action="([^"]+)"', page).group(1)
     fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page))
@@ -139,7 +138,7 @@ def test_the_button_on_the_page_works_with_or_without_csrf_token(app, client, su
     assert client.post(action, data=fields).status_code == 200
     assert subscriber("button@example.com") is None
 
-    other = path_of(subscriptions.unsubscribe_url(subscriber("button2@example.com")))
+    other = path_of(tokens.unsubscribe_url(subscriber("button2@example.com")))
     with_token = {**fields, "csrf_token": csrf_token(client)}
     assert client.post(other, data=with_token).status_code == 200
     assert subscriber_count() == 0
@@ -148,7 +147,7 @@ def test_the_button_on_the_page_works_with_or_without_csrf_token(app, client, su
 def test_repeat_and_unknown_subscriber_get_the_same_page(app, subscribed):
     subscribed("repeat@example.com")
     subscribed("stays@example.com")
-    path = path_of(subscriptions.unsubscribe_url(subscriber("repeat@example.com")))
+    path = path_of(tokens.unsubscribe_url(subscriber("repeat@example.com")))
     first = gmail_one_click(app, path)
     second = gmail_one_click(app, path)
     unknown = gmail_one_click(
@@ -164,7 +163,7 @@ def test_repeat_and_unknown_subscriber_get_the_same_page(app, subscribed):
 def test_tampered_and_foreign_tokens_get_the_400_page_and_change_nothing(app, client, subscribed):
     subscribed("tamper@example.com")
     reader = subscriber("tamper@example.com")
-    path = path_of(subscriptions.unsubscribe_url(reader))
+    path = path_of(tokens.unsubscribe_url(reader))
     tampered = path[:-3] + ("aaa" if not path.endswith("aaa") else "bbb")
     foreign = [
         tampered,
@@ -182,16 +181,16 @@ def test_tampered_and_foreign_tokens_get_the_400_page_and_change_nothing(app, cl
 
 def test_old_token_does_nothing_to_a_later_subscription_of_the_same_address(app, subscribed):
     subscribed("returns@example.com")
-    old_path = path_of(subscriptions.unsubscribe_url(subscriber("returns@example.com")))
+    old_path = path_of(tokens.unsubscribe_url(subscriber("returns@example.com")))
     assert gmail_one_click(app, old_path).status_code == 200
     assert subscriber_count() == 0
 
     subscribed("returns@example.com")
     new = subscriber("returns@example.com")
-    assert path_of(subscriptions.unsubscribe_url(new)) != old_path
+    assert path_of(tokens.unsubscribe_url(new)) != old_path
     assert gmail_one_click(app, old_path).status_code == 200
     assert subscriber("returns@example.com") is not None
-    assert gmail_one_click(app, path_of(subscriptions.unsubscribe_url(new))).status_code == 200
+    assert gmail_one_click(app, path_of(tokens.unsubscribe_url(new))).status_code == 200
     assert subscriber("returns@example.com") is None
 
 
@@ -199,7 +198,7 @@ def test_unsubscribe_link_carries_no_address(app, subscribed):
     import base64
 
     subscribed("hidden.reader@example.com")
-    url = subscriptions.unsubscribe_url(subscriber("hidden.reader@example.com"))
+    url = tokens.unsubscribe_url(subscriber("hidden.reader@example.com"))
     assert "hidden" not in url
     for piece in url.rsplit("/", 1)[1].split("."):
         decoded = base64.urlsafe_b64decode(piece + "=" * (-len(piece) % 4))
@@ -227,10 +226,10 @@ def test_token_pages_load_nothing_from_third_parties_and_keep_the_referrer(
 ):
     confirm_path = subscribed("pages@example.com")
     reader = subscriber("pages@example.com")
-    manage_path = path_of(subscriptions.manage_url(reader))
+    manage_path = path_of(tokens.manage_url(reader))
     pages = [
         client.get(confirm_path),
-        client.get(path_of(subscriptions.unsubscribe_url(reader))),
+        client.get(path_of(tokens.unsubscribe_url(reader))),
         client.get(manage_path),
         client.get("/manage"),
         client.get(f"{manage_path}x"),  # error pages carry the token in their URL too
@@ -239,8 +238,6 @@ def test_token_pages_load_nothing_from_third_parties_and_keep_the_referrer(
     for response in pages:
         assert_loads_nothing_third_party(response)
     assert (
-        gmail_one_click(app, path_of(subscriptions.unsubscribe_url(reader))).headers[
-            "Referrer-Policy"
-        ]
+        gmail_one_click(app, path_of(tokens.unsubscribe_url(reader))).headers["Referrer-Policy"]
         == "same-origin"
     )

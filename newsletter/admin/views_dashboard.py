@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import render_template
 
-from newsletter import campaigns, jobs, progress, stats
+from newsletter import campaigns, progress, stats, subscriptions
 from newsletter.admin import times
 from newsletter.models import CampaignStatus
 
@@ -20,7 +20,7 @@ def dashboard():
         subscribers=stats.subscribers(),
         history=stats.history(DASHBOARD_MONTHS),
         # Confirmation mails given up this month: the receiving server refused them.
-        failed_confirmations=stats.this_month(jobs.CONFIRMATION_FAILED),
+        failed_confirmations=stats.this_month(subscriptions.CONFIRMATION_FAILED),
         next_slot=next_slot,
         slot_rule=str(times.slot()),
         slot_campaign=progress.scheduled_for(next_slot),
