@@ -7,6 +7,7 @@ The erasure itself is ``erasure.erase``: the sending code needs it too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import timedelta
 from typing import cast
@@ -17,7 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from newsletter import addresses, consent, stats, tokens
+from newsletter import addresses, consent, stats, tokens, verp
 from newsletter.erasure import erase, erase_traces
 from newsletter.extensions import db
 from newsletter.mail import builders, smtp
@@ -393,6 +394,10 @@ def send_confirmation(pending_id: int) -> None:
         mail = builders.confirmation_mail(pending.email, link)
     else:
         mail = builders.change_address_mail(pending.email, link)
+    # With BOUNCE_ADDRESS, a later bounce of this mail names the pending sign-up (VERP).
+    sender = verp.envelope_sender(verp.TagKind.CONFIRM, None, pending.id)
+    if sender:
+        mail = dataclasses.replace(mail, sender=sender)
     try:
         smtp.send(mail, f"sign-up {pending_id}")
     except smtp.MailRefused as refusal:

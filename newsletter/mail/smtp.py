@@ -16,6 +16,7 @@ import time
 from flask import current_app
 from flask_mail import Connection
 
+from newsletter.mail import dkim
 from newsletter.mail.builders import OutgoingMail
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -151,7 +152,8 @@ class SmtpConnection(Connection):
             self.host = self.configure_host()
         host = self.host
         host.ehlo_or_helo_if_needed()
-        options = [f"SIZE={len(mail.data)}"] if host.does_esmtp and host.has_extn("size") else []
+        data = dkim.sign(mail.data)  # every mail goes out here, so every mail is signed
+        options = [f"SIZE={len(data)}"] if host.does_esmtp and host.has_extn("size") else []
         code, reply = host.mail(mail.sender, options)
         if code != 250:
             self._refused(code)
@@ -165,7 +167,7 @@ class SmtpConnection(Connection):
         if code != 354:
             self._refused(code)
             raise smtplib.SMTPDataError(code, reply)
-        body = _LEADING_DOT.sub(b"..", mail.data)
+        body = _LEADING_DOT.sub(b"..", data)
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         host.send(body + b".\r\n")
