@@ -9,8 +9,9 @@ that it did not and decides what that means. Nothing else writes ``Campaign.stat
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 
 from newsletter.extensions import db
 from newsletter.models import Campaign, CampaignStatus, utcnow
@@ -65,5 +66,5 @@ def change(
         )
         .values(**values)
     )
-    result = (connection or db.session).execute(statement)
+    result = cast(CursorResult, (connection or db.session).execute(statement))
     return result.rowcount == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 from flask import current_app
@@ -247,7 +248,7 @@ def _clean_stored_html(campaign: Campaign, allowed) -> None:
     html = sanitizer.clean(campaign.html)
     if html == campaign.html:
         return
-    values = {"html": html}
+    values: dict[str, Any] = {"html": html}
     if campaign.text_is_derived:
         values["text"] = html_to_text(html)
     campaign_status.change(campaign.id, allowed, Campaign.html == campaign.html, **values)

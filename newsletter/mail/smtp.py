@@ -90,13 +90,15 @@ class MailNotSent(Exception):
 class MailRefused(MailNotSent):
     """The server refused this recipient (``stage`` "rcpt") or this message ("data")."""
 
+    code: int
+
     def __init__(self, what: str, code: int, stage: str) -> None:
         super().__init__(what, f"SMTP refused the message ({code})", code)
         self.stage = stage
 
     @property
     def permanent(self) -> bool:
-        return self.code is not None and self.code >= 500
+        return self.code >= 500
 
 
 class OutcomeUnknown(smtplib.SMTPServerDisconnected):
