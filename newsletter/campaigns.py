@@ -399,7 +399,7 @@ def _why_not_taken(error: smtp.MailNotSent) -> str:
 
 
 def totals(campaign: Campaign) -> dict[str, int]:
-    """Recipients, sent, failed and unknown: live while sending, stored totals after."""
+    """Recipients, sent, failed, unknown, bounced, complaints: live while sending, else stored."""
     if campaign.status in (CampaignStatus.SENDING, CampaignStatus.PAUSED, CampaignStatus.CANCELLED):
         return sending.live_totals(campaign)
     return {
@@ -407,6 +407,8 @@ def totals(campaign: Campaign) -> dict[str, int]:
         "sent": campaign.sent,
         "failed": campaign.failed,
         "unknown": campaign.unknown,
+        "bounced": campaign.bounced,
+        "complaints": campaign.complaints,
     }
 
 

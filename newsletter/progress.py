@@ -30,6 +30,8 @@ def progress_of(campaign: Campaign) -> dict:
         "sent": totals["sent"],
         "failed": totals["failed"],
         "unknown": totals.get("unknown", 0),
+        "bounced": totals.get("bounced", 0),
+        "complaints": totals.get("complaints", 0),
         "done": done,
         "percent": percent,
         "finished": campaign.status not in LIVE_STATUSES,

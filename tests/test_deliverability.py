@@ -16,11 +16,11 @@ import dkim as dkimpy
 import pytest
 from sqlalchemy import func, select
 
-from newsletter import bounces, config
+from newsletter import bounces, campaigns, config
 from newsletter.extensions import db
 from newsletter.mail import dkim
-from newsletter.models import PendingSignup
-from tests.bounce_mail import dsn
+from newsletter.models import PendingSignup, Subscriber
+from tests.bounce_mail import arf, dsn
 from tests.conftest import SECRET, post_signup
 
 BOUNCE_ADDRESS = "bounces@news.example.com"
@@ -74,3 +74,34 @@ def test_the_confirmation_mail_is_signed_and_its_bounce_ends_the_sign_up(client,
     assert action.act is bounces.Act.END_PENDING
     db.session.remove()
     assert db.session.scalar(select(func.count(PendingSignup.id))) == 0
+
+
+def test_every_edition_copy_is_signed_and_bounces_and_complaints_erase_and_count(
+    client, work, smtp, subscribed
+):
+    readers = ["kept.reader@example.net", "dead.box@example.net", "said.spam@example.net"]
+    for reader in readers:
+        subscribed(reader)
+    campaign_id = campaigns.create("Our December news", "<p>Hello, readers</p>").id
+    campaigns.schedule(campaign_id, "now")
+    work()
+    work()
+    copies = {reader: smtp.to(reader)[-1] for reader in readers}
+    for reader, mail in copies.items():
+        assert "List-Unsubscribe" in mail.message
+        assert verifies(mail.data), reader
+        assert mail.mail_from.startswith("bounces+") and reader.split("@")[0] not in mail.mail_from
+        assert mail.mail_from != smtp.to(reader)[0].mail_from  # not the confirmation's tag
+    assert len({mail.mail_from for mail in copies.values()}) == 3
+
+    dead = copies["dead.box@example.net"].mail_from
+    assert bounces.handle(dsn(dead, "dead.box@example.net")).act is bounces.Act.ERASE_BOUNCED
+    spam = copies["said.spam@example.net"].mail_from
+    assert bounces.handle(arf(spam, "said.spam@example.net")).act is bounces.Act.ERASE_COMPLAINT
+    forged = dead.replace("bounces+", "bounces+x", 1)
+    assert bounces.handle(dsn(forged, "kept.reader@example.net")).act is bounces.Act.NOTHING
+
+    db.session.remove()
+    assert db.session.scalars(select(Subscriber.email)).all() == ["kept.reader@example.net"]
+    totals = campaigns.totals(campaigns.get(campaign_id))
+    assert (totals["sent"], totals["bounced"], totals["complaints"]) == (3, 1, 1)

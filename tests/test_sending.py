@@ -91,7 +91,9 @@ def copies_per_recipient(smtp) -> dict[str, int]:
 
 
 def totals(campaign_id: int) -> dict[str, int]:
-    return sending.live_totals(campaign_row(campaign_id))
+    """The totals the SMTP dialogue decides (bounces and complaints arrive later, by mail)."""
+    live = sending.live_totals(campaign_row(campaign_id))
+    return {name: value for name, value in live.items() if name not in ("bounced", "complaints")}
 
 
 # --- the happy path --------------------------------------------------------------------

@@ -223,6 +223,8 @@ class Campaign(BaseModel):
     sent: Count
     failed: Count = Field(description="Refused for good (e.g. no such mailbox).")
     unknown: Count = Field(description="The connection dropped after the message was handed over.")
+    bounced: Count = Field(description="Reported undeliverable later, by a bounce message.")
+    complaints: Count = Field(description="Readers who marked the edition as spam (ARF).")
     created_at: Timestamp
     updated_at: Timestamp
     started_at: Timestamp | None

@@ -4,6 +4,7 @@ connection of their own, the rate limit, the status look and the pause.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from datetime import timedelta
@@ -12,7 +13,7 @@ from typing import NoReturn
 from flask import current_app
 from sqlalchemy import select
 
-from newsletter import campaign_status, erasure, tokens
+from newsletter import campaign_status, erasure, tokens, verp
 from newsletter.extensions import db
 from newsletter.mail import builders, smtp
 from newsletter.mail.smtp import Outcome
@@ -99,6 +100,10 @@ class Run:
             mail = self.template.render(
                 subscriber.email, {"unsubscribe_url": tokens.unsubscribe_url(subscriber)}
             )
+            # With BOUNCE_ADDRESS, a later bounce names this edition and this reader (VERP).
+            sender = verp.envelope_sender(verp.TagKind.EDITION, self.campaign_id, subscriber.id)
+            if sender:
+                mail = dataclasses.replace(mail, sender=sender)
         except ValueError:
             log.warning("subscriber %s: address cannot be sent to; counted failed", subscriber.id)
             return Outcome.FAILED, "address cannot be sent to"

@@ -128,6 +128,8 @@ def live_totals(campaign: Campaign) -> dict[str, int]:
             campaign_table.c.sent,
             campaign_table.c.failed,
             campaign_table.c.unknown,
+            campaign_table.c.bounced,
+            campaign_table.c.complaints,
         ).where(campaign_table.c.id == campaign.id)
     ).one()
     return {
@@ -135,4 +137,7 @@ def live_totals(campaign: Campaign) -> dict[str, int]:
         "sent": row.sent + sent,
         "failed": row.failed + failed,
         "unknown": row.unknown + unknown,
+        # Bounces and complaints arrive by mail, later; they count on the campaign row.
+        "bounced": row.bounced,
+        "complaints": row.complaints,
     }
