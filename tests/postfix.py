@@ -21,6 +21,13 @@ import pytest
 
 BASE_CF = """\
 compatibility_level = 3.6
+# The mail host mx.example.net; its own name is its only local domain; no aliases.
+myhostname = mx.example.net
+mydomain = example.net
+myorigin = $myhostname
+mydestination = $myhostname
+alias_maps =
+alias_database =
 queue_directory = {folder}/queue
 data_directory = {folder}/data
 mail_owner = postfix
@@ -75,7 +82,7 @@ def throwaway_postfix(settings: str) -> Iterator[Postfix]:
         shutil.rmtree(folder, ignore_errors=True)
         pytest.fail(f"postfix did not start: {started.stderr} {log[-2000:]}")
     try:
-        _wait_for_port(server.port)
+        wait_for_port(server.port)
         yield server
     finally:
         subprocess.run([*command, "stop"], capture_output=True, timeout=60)
@@ -97,11 +104,11 @@ def _master_cf(port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wait_for_port(port: int, seconds: float = 20) -> None:
+def wait_for_port(port: int, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise AssertionError("postfix is not listening")
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")

@@ -41,15 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CAPTURED = SAMPLES / "postfix-3.7-unknown-user.eml"
 
 SETTINGS = """\
-myhostname = mx.example.net
-mydomain = example.net
-myorigin = $myhostname
-mydestination = $myhostname
 mynetworks = 127.0.0.0/8
 # Accept any local part at SMTP time, so that local(8) bounces it after queueing.
 local_recipient_maps =
-alias_maps =
-alias_database =
 smtpd_relay_restrictions = permit_mynetworks, reject
 transport_maps = inline:{{news.example.com=smtp:[127.0.0.1]:{capture_port},
     soft.example.net=smtp:[127.0.0.1]:{capture_port}}}
