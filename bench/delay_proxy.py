@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import threading
 
 CHUNK = 65536
@@ -150,12 +151,13 @@ def main() -> None:
     host, _, port = args.target.rpartition(":")
     proxy = DelayProxy((host, int(port)), args.rtt_ms, (args.host, args.port))
 
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
     proxy.start()
     print(f"listening on {args.host}:{proxy.port}, forwarding to {args.target}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        proxy.stop()
+    stopping.wait()
+    proxy.stop()
 
 
 if __name__ == "__main__":
