@@ -12,7 +12,7 @@ import email.policy
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
@@ -23,6 +23,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes  # exactly the bytes on the wire, after the DATA command
+    mail_options: list[str] = field(default_factory=list)  # MAIL FROM parameters, e.g. SIZE=
 
     @property
     def message(self) -> email.message.EmailMessage:
@@ -41,6 +42,15 @@ class Received:
     @property
     def html(self) -> str:
         return self.part("html")
+
+
+def _received(envelope) -> Received:
+    return Received(
+        envelope.mail_from,
+        list(envelope.rcpt_tos),
+        envelope.content,
+        list(envelope.mail_options),
+    )
 
 
 class CaptureHandler:
@@ -92,18 +102,14 @@ class CaptureHandler:
         if recipient in self.drop_after_data:
             self.drop_after_data.discard(recipient)
             with self.lock:
-                self.messages.append(
-                    Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
-                )
+                self.messages.append(_received(envelope))
             server.transport.close()  # outcome unknown to the client
             return "421 closing"
         reply = self.replies.get(recipient)
         if reply and not reply.startswith("2"):
             return reply
         with self.lock:
-            self.messages.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
-            )
+            self.messages.append(_received(envelope))
         return "250 OK"
 
 

@@ -25,6 +25,7 @@ from newsletter import bounces, create_app
 from newsletter.extensions import db, get_redis
 from newsletter.models import Subscriber
 from tests.bounce_mail import BOUNCE_ADDRESS, add_edition, add_reader, at_once, dsn, return_path
+from tests.tls import self_signed
 
 DOVECOT = "/usr/sbin/dovecot"
 USER, PASSWORD = "bounces", "a-long-test-password"
@@ -105,13 +106,7 @@ def dovecot():
         pytest.skip("the throwaway Dovecot is started by root, as CI runs")
     folder = Path(tempfile.mkdtemp(prefix="nl-dovecot-"))
     folder.chmod(0o755)
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
-         "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    self_signed(folder)
     (folder / "mail").mkdir()
     shutil.chown(folder / "mail", "nobody", "nogroup")
     (folder / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")

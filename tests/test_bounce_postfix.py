@@ -16,12 +16,9 @@ tests/test_bounce_postfix.py -k unknown``.
 from __future__ import annotations
 
 import os
-import shutil
 import smtplib
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,100 +36,28 @@ from tests.bounce_mail import (
     return_path,
     rewritten,
 )
+from tests.postfix import throwaway_postfix
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTURED = SAMPLES / "postfix-3.7-unknown-user.eml"
 
-MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {folder}/queue
-data_directory = {folder}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = mx.example.net
-mydomain = example.net
-myorigin = $myhostname
-mydestination = $myhostname
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
+SETTINGS = """\
 mynetworks = 127.0.0.0/8
 # Accept any local part at SMTP time, so that local(8) bounces it after queueing.
 local_recipient_maps =
-alias_maps =
-alias_database =
 smtpd_relay_restrictions = permit_mynetworks, reject
 transport_maps = inline:{{news.example.com=smtp:[127.0.0.1]:{capture_port},
     soft.example.net=smtp:[127.0.0.1]:{capture_port}}}
-smtp_dns_support_level = disabled
 maximal_queue_lifetime = 0
 bounce_queue_lifetime = 0
-maillog_file_prefixes = /tmp
-maillog_file = {folder}/maillog
-biff = no
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def postfix(smtp_server):
     """A throwaway Postfix on 127.0.0.1; returns its SMTP port."""
-    if not shutil.which("postfix") and not os.path.exists("/usr/sbin/postfix"):
-        pytest.skip("postfix is not installed (apt-get install postfix)")
-    if os.geteuid() != 0:
-        pytest.skip("a throwaway Postfix must be started by root")
-    folder = Path(tempfile.mkdtemp(prefix="nl-postfix-"))
-    folder.chmod(0o755)  # the postfix user walks into its queue below it
-    (folder / "etc").mkdir()
-    (folder / "queue").mkdir()
-    (folder / "data").mkdir()
-    shutil.chown(folder / "data", "postfix")
-    port = _free_port()
-    (folder / "etc" / "main.cf").write_text(
-        MAIN_CF.format(folder=folder, capture_port=smtp_server.port)
-    )
-    (folder / "etc" / "master.cf").write_text(_master_cf(port))
-    command = ["/usr/sbin/postfix", "-c", str(folder / "etc")]
-    started = subprocess.run([*command, "start"], capture_output=True, text=True, timeout=60)
-    if started.returncode != 0:
-        log = (folder / "maillog").read_text() if (folder / "maillog").exists() else ""
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.fail(f"postfix did not start: {started.stderr} {log[-2000:]}")
-    try:
-        _wait_for_port(port)
-        yield port
-    finally:
-        subprocess.run([*command, "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _master_cf(port: int) -> str:
-    """Debian's master.cf, unchrooted, with smtpd on ``port`` of 127.0.0.1 only."""
-    lines = []
-    for line in Path("/etc/postfix/master.cf").read_text().splitlines():
-        fields = line.split()
-        if line.startswith(("#", " ", "\t")) or len(fields) < 8:
-            lines.append(line)
-            continue
-        if fields[:2] == ["smtp", "inet"]:
-            fields[0] = f"127.0.0.1:{port}"
-        fields[4] = "n"  # no chroot: the queue is a plain folder in /tmp
-        lines.append("  ".join(fields))
-    return "\n".join(lines) + "\n"
-
-
-def _wait_for_port(port: int, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError("postfix is not listening")
+    with throwaway_postfix(SETTINGS.format(capture_port=smtp_server.port)) as server:
+        yield server.port
 
 
 def _send_edition_and_catch_the_notice(app, smtp, postfix_port, rcpt, subscriber_id, campaign):
