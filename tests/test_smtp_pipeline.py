@@ -1,4 +1,4 @@
-"""newsletter/smtp_pipeline.py against real servers: aiosmtpd, smtp-sink, Postfix's smtpd.
+"""newsletter/mail/pipeline.py against real servers: aiosmtpd, smtp-sink, Postfix's smtpd.
 
 * aiosmtpd 1.4.6 does not offer PIPELINING: it checks the step-by-step fallback.
 * smtp-sink offers PIPELINING, except with -f/-r (refuse a command), which imply -p: its
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from bench.delay_proxy import DelayProxy
-from newsletter.smtp_pipeline import OutcomeUnknown, PipeliningConnection
+from newsletter.mail.pipeline import OutcomeUnknown, PipeliningConnection
 from tests.postfix import free_port, throwaway_postfix, wait_for_port
 from tests.tls import self_signed, trusting
 

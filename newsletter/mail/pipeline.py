@@ -11,7 +11,7 @@ Outcomes are those the sending path already sorts (``sending.classify``):
 SMTPSenderRefused (MAIL), SMTPRecipientsRefused (RCPT), SMTPDataError (DATA or the final
 dot), a plain SMTPServerDisconnected for a drop before the final dot (certainly not
 delivered), and ``OutcomeUnknown`` for a drop while waiting for the final dot's answer
-(maybe delivered: never resend). The sending path must catch THIS ``OutcomeUnknown``.
+(maybe delivered: never resend). It is mail.smtp's ``OutcomeUnknown``, the one the sending path catches.
 Reconnecting and retrying are the caller's business.
 
 How a batch run keeps N connections busy (for the code that wires this in):
@@ -35,12 +35,10 @@ import re
 import smtplib
 import ssl
 
+from newsletter.mail.smtp import OutcomeUnknown  # the one class: never resend
+
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _ACCEPTED = ((250,), (250, 251), (354,))  # MAIL FROM, RCPT TO, DATA
-
-
-class OutcomeUnknown(smtplib.SMTPServerDisconnected):
-    """The connection dropped after the message's final dot: it may have been delivered."""
 
 
 def dot_stuffed(data: bytes) -> bytes:
