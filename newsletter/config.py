@@ -16,6 +16,8 @@ import idna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from newsletter.slots import MonthlySlot
+
 DEV_SECRET_KEY = "dev-only-insecure-secret-key"
 MIN_SECRET_KEY_LENGTH = 32
 
@@ -148,7 +150,7 @@ def _check_list_id(value: str) -> str:
 
 
 def process_environ() -> dict[str, str]:
-    """A copy of this process's environment, for launchers that pass it on to children."""
+    """A copy of this process's environment: for create_app, and launchers' children."""
     return dict(os.environ)
 
 
@@ -187,8 +189,6 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
     public_url = _check_public_url(env.get("PUBLIC_URL", "http://127.0.0.1:5000"))
 
     slot = env.get("MONTHLY_SLOT", "first tue 10:00 Europe/Berlin")
-    from newsletter.slots import MonthlySlot  # slots has no import-time work
-
     try:
         MonthlySlot.parse(slot)
     except ValueError as exc:

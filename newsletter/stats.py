@@ -1,12 +1,14 @@
-"""Monthly counts without addresses: confirmations, erasures, exports."""
+"""Counts without addresses: monthly tallies (confirmations, erasures, exports) and the
+current number of subscribers and pending sign-ups.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from newsletter.extensions import db
-from newsletter.models import Tally, utcnow
+from newsletter.models import PendingSignup, Subscriber, Tally, utcnow
 
 
 def tally(kind: str, amount: int = 1) -> None:
@@ -29,3 +31,11 @@ def monthly(kinds: list[str] | None = None) -> dict[str, dict[str, int]]:
     for row in db.session.scalars(query):
         result.setdefault(row.month, {})[row.kind] = row.count
     return result
+
+
+def audience() -> dict[str, int]:
+    """How many subscribers there are, and how many sign-ups await confirmation."""
+    return {
+        "subscribers": db.session.scalar(select(func.count(Subscriber.id))) or 0,
+        "pending_signups": db.session.scalar(select(func.count(PendingSignup.id))) or 0,
+    }
