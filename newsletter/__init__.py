@@ -10,12 +10,15 @@ from pathlib import Path
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def create_app(test_config: dict | None = None, environ: dict | None = None) -> Flask:
     """Create the app from the environment (or ``environ``), then apply ``test_config``."""
+    # Imported here, not at the top: any ``import newsletter.x`` runs this module first,
+    # and only the factory needs every part of the app (the blueprints import services).
     from newsletter import config as config_module
     from newsletter import embedded_redis, logs
     from newsletter.extensions import (
@@ -35,15 +38,13 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
         static_folder=str(ROOT / "static"),
     )
     if environ is None:
-        environ = _environ()
+        environ = config_module.process_environ()
     instance = environ.get("NEWSLETTER_INSTANCE") or app.instance_path
     app.instance_path = str(Path(instance).resolve())
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     try:
         app.config.update(config_module.load(environ, app.instance_path))
     except config_module.ConfigError as exc:
-        if test_config is not None and test_config.get("RAISE_CONFIG_ERRORS"):
-            raise
         print(f"newsletter: configuration error: {exc}", file=sys.stderr)
         # 3 is gunicorn's "worker failed to boot": its master stops instead of retrying.
         raise SystemExit(3) from None
@@ -71,8 +72,6 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
 
     if app.config["PROXY_COUNT"]:
         # Behind a TLS proxy: take the client IP (rate limits) and scheme from its headers.
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
         count = app.config["PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]
 
@@ -95,12 +94,6 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     cli.init_app(app)
     bounces_cli.init_app(app)
     return app
-
-
-def _environ() -> dict:
-    import os
-
-    return dict(os.environ)
 
 
 @event.listens_for(Engine, "connect")

@@ -24,12 +24,11 @@ from newsletter.models import (
     AdminUser,
     Campaign,
     CampaignStatus,
-    PendingSignup,
     SendBatch,
-    Subscriber,
     utcnow,
 )
 from newsletter.slots import MonthlySlot
+from newsletter.stats import audience
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +419,6 @@ def stats() -> dict:
         ).all()
     )
     return {
-        "subscribers": db.session.scalar(select(func.count(Subscriber.id))) or 0,
-        "pending_signups": db.session.scalar(select(func.count(PendingSignup.id))) or 0,
+        **audience(),
         "campaigns": {status.value: by_status.get(status, 0) for status in CampaignStatus},
     }

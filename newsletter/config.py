@@ -18,6 +18,8 @@ import idna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from newsletter.slots import MonthlySlot
+
 DEV_SECRET_KEY = "dev-only-insecure-secret-key"
 MIN_SECRET_KEY_LENGTH = 32
 
@@ -273,7 +275,7 @@ def _deliverability(env: dict[str, str]) -> dict:
 
 
 def process_environ() -> dict[str, str]:
-    """A copy of this process's environment, for launchers that pass it on to children."""
+    """A copy of this process's environment: for create_app, and launchers' children."""
     return dict(os.environ)
 
 
@@ -355,8 +357,6 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
     public_url = _check_public_url(env.get("PUBLIC_URL", "http://127.0.0.1:5000"))
 
     slot = env.get("MONTHLY_SLOT", "first tue 10:00 Europe/Berlin")
-    from newsletter.slots import MonthlySlot  # slots has no import-time work
-
     try:
         MonthlySlot.parse(slot)
     except ValueError as exc:

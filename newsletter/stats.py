@@ -1,4 +1,6 @@
-"""Counts without addresses: subscribers, and monthly confirmations, erasures, exports."""
+"""Counts without addresses: monthly tallies (confirmations, erasures, exports) and the
+current number of subscribers and pending sign-ups.
+"""
 
 from __future__ import annotations
 
@@ -68,3 +70,8 @@ def subscribers() -> int:
 def pending() -> int:
     """How many sign-ups and address changes wait for their confirmation."""
     return db.session.scalar(select(func.count(PendingSignup.id))) or 0
+
+
+def audience() -> dict[str, int]:
+    """How many subscribers there are, and how many sign-ups await confirmation."""
+    return {"subscribers": subscribers(), "pending_signups": pending()}

@@ -11,7 +11,8 @@ Outcomes are those the sending path already sorts (``sending.classify``):
 SMTPSenderRefused (MAIL), SMTPRecipientsRefused (RCPT), SMTPDataError (DATA or the final
 dot), a plain SMTPServerDisconnected for a drop before the final dot (certainly not
 delivered), and ``OutcomeUnknown`` for a drop while waiting for the final dot's answer
-(maybe delivered: never resend). It is mail.smtp's ``OutcomeUnknown``, the one the sending path catches.
+(maybe delivered: never resend); that is mail.smtp's ``OutcomeUnknown``, the one class
+the sending path catches.
 Reconnecting and retrying are the caller's business.
 
 How a batch run keeps N connections busy (for the code that wires this in):
