@@ -13,13 +13,38 @@ is marked sent in the same tick.
 
 from __future__ import annotations
 
-from newsletter import sending, subscriptions
-from newsletter.extensions import db
+from flask import current_app
+
+from newsletter import bounces, sending, subscriptions
+from newsletter.extensions import db, get_redis
 from newsletter.queue import enqueue, job
+
+BOUNCE_POLL_INTERVAL = 300  # seconds between two polls of the bounce mailbox
+_BOUNCE_POLL_DUE = "nl:bounces:poll-due"
+
+
+@job
+def poll_bounces() -> None:
+    """Read the bounce mailbox (BOUNCE_IMAP_URL) and act on what is there."""
+    bounces.poll_imap()
+
+
+def enqueue_bounce_poll() -> None:
+    """With BOUNCE_IMAP_URL, start a poll every BOUNCE_POLL_INTERVAL (not every tick).
+
+    The poll is a job of its own on the mail queue, so a slow IMAP server never holds up
+    the tick; ``poll_imap`` takes a lock, so two polls never handle one message twice.
+    """
+    if not current_app.config.get("BOUNCE_IMAP_URL"):
+        return
+    if get_redis().set(_BOUNCE_POLL_DUE, "1", nx=True, ex=BOUNCE_POLL_INTERVAL):
+        enqueue("mail", poll_bounces, job_id="bounce-poll", timeout=600)
+
 
 TASKS = (
     subscriptions.requeue_unsent_confirmations,
     subscriptions.purge_expired,
+    enqueue_bounce_poll,
     sending.start_due_campaigns,
     sending.retry_deferred,
     sending.recover_batches,

@@ -210,3 +210,22 @@ def test_a_message_that_cannot_be_handled_stays_for_the_next_poll(app, mailbox, 
         away.extensions["redis"].close()
     assert mailbox.count() == 1
     assert get_redis().get(bounces.POLL_LOCK_KEY) is None  # the lock was given back
+
+
+@pytest.mark.slow
+def test_the_workers_tick_polls_the_mailbox_every_few_minutes_not_every_tick(app, mailbox, work):
+    from newsletter.tick import tick
+
+    notices = _notices(2)
+    mailbox.append(*notices.values())
+    tick()
+    work()
+    assert mailbox.count() == 0
+    db.session.expire_all()
+    assert all(db.session.get(Subscriber, reader_id) is None for reader_id in notices)
+
+    later = _notices(1)
+    mailbox.append(*later.values())
+    tick()
+    work()
+    assert mailbox.count() == 1, "polled again within BOUNCE_POLL_INTERVAL"

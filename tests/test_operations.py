@@ -315,7 +315,7 @@ def test_make_run_stops_everything_when_the_terminal_closes_or_its_parent_dies(t
     pids: set[int] = set()
     try:
         pids = run.wait_until_up()
-        assert len(pids) >= 4, "expected the server, its worker, web server and Redis"
+        assert len(pids) >= 3, "expected at least the worker, the web server and Redis"
         if how == "sighup":
             run.process.send_signal(signal.SIGHUP)
         else:
