@@ -24,6 +24,7 @@ import time
 
 import redis
 from rq import Worker
+from rq.exceptions import StopRequested
 from sqlalchemy.exc import DBAPIError
 
 from newsletter import create_app
@@ -170,6 +171,10 @@ def main(argv: list[str]) -> int:
         threading.Thread(target=keep_ticking, args=(app, stop), daemon=True, name="tick").start()
     try:
         run_worker(burst, stop)
+    except StopRequested:
+        # RQ's SIGTERM handler can still be installed for a moment after its loop ended
+        # (Redis gone): it raises this wherever the main thread is. A stop all the same.
+        pass
     finally:
         stop.set()
     return 0
