@@ -336,7 +336,7 @@ def request_address_change(subscriber: Subscriber, raw_email: str) -> None:
     db.session.commit()
     pending = _upsert_pending(email, PendingPurpose.CHANGE_EMAIL, None, None, subscriber.id)
     enqueue_confirmation(pending.id)
-    log.info("subscriber %s asked to change the address (pending %s)", subscriber.id, pending.id)
+    log.info("subscriber %s asked to move to a new mailbox (pending %s)", subscriber.id, pending.id)
 
 
 # --- the mail jobs: confirmation and manage link ------------------------------------------
@@ -387,7 +387,7 @@ def send_confirmation(pending_id: int) -> None:
             # the same page as everyone else.
             db.session.delete(pending)
             db.session.commit()
-            log.info("sign-up %s: address already subscribed, nothing sent", pending_id)
+            log.info("sign-up %s: already a subscriber, nothing sent", pending_id)
             return
     link = tokens.url(tokens.Purpose.CONFIRM, confirm_key(pending))
     if pending.purpose == PendingPurpose.SUBSCRIBE:

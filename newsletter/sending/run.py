@@ -105,7 +105,7 @@ class Run:
             if sender:
                 mail = dataclasses.replace(mail, sender=sender)
         except ValueError:
-            log.warning("subscriber %s: address cannot be sent to; counted failed", subscriber.id)
+            log.warning("subscriber %s: not sendable over SMTP; counted failed", subscriber.id)
             return Outcome.FAILED, "address cannot be sent to"
         return self.deliver(mail)
 
