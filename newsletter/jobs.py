@@ -173,9 +173,9 @@ def send_confirmation(pending_id: int) -> None:
             return
     link = tokens.url(tokens.Purpose.CONFIRM, subscriptions.confirm_key(pending))
     if pending.purpose == PendingPurpose.SUBSCRIBE:
-        mail = mailing.confirmation_mail(pending.email, link)
+        mail = mailing.confirmation_mail(pending.email, link, pending.language)
     else:
-        mail = mailing.change_address_mail(pending.email, link)
+        mail = mailing.change_address_mail(pending.email, link, pending.language)
     try:
         send_or_explain(mail, f"sign-up {pending_id}")
     except MailRefused as refusal:
@@ -301,7 +301,9 @@ def send_manage_link(subscriber_id: int | None) -> None:
     subscriber = db.session.get(Subscriber, subscriber_id) if subscriber_id is not None else None
     if subscriber is None:
         return  # an unknown address, or erased since: nothing to send
-    mail = mailing.manage_mail(subscriber.email, subscriptions.manage_url(subscriber))
+    mail = mailing.manage_mail(
+        subscriber.email, subscriptions.manage_url(subscriber), subscriber.language
+    )
     send_or_explain(mail, f"manage link for subscriber {subscriber_id}")
     log.info("subscriber %s: manage link sent", subscriber_id)
 

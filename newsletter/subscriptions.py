@@ -11,11 +11,12 @@ from datetime import timedelta
 from typing import cast
 
 from flask import current_app
+from flask_babel import gettext
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from newsletter import addresses, consent, jobs, stats, tokens
+from newsletter import addresses, consent, i18n, jobs, stats, tokens
 from newsletter.extensions import db
 from newsletter.models import PendingPurpose, PendingSignup, Subscriber, utcnow
 
@@ -30,11 +31,18 @@ class InvalidSignup(ValueError):
         self.errors = errors
 
 
-def request_signup(raw_email: str, consent_given: bool, remote_addr: str | None) -> None:
+def request_signup(
+    raw_email: str,
+    consent_given: bool,
+    remote_addr: str | None,
+    language: str | None = None,
+    consent_sha256: str | None = None,
+) -> None:
     """Record an unconfirmed sign-up and queue its confirmation mail.
 
     Known, pending and new addresses take the same path; the job finds out whether the
-    address is already subscribed and then sends nothing.
+    address is already subscribed and then sends nothing. ``language`` is the page's
+    (the fallback if not offered); ``consent_sha256`` names the wording the form showed.
     """
     errors = {}
     try:
@@ -42,18 +50,24 @@ def request_signup(raw_email: str, consent_given: bool, remote_addr: str | None)
     except addresses.InvalidAddress as exc:
         errors["email"] = str(exc)
     if not consent_given:
-        errors["consent"] = "Please tick the box to agree to receive the newsletter."
+        errors["consent"] = gettext("Please tick the box to agree to receive the newsletter.")
     if errors:
         raise InvalidSignup(errors)
 
-    consent_text = consent.current()
+    language = i18n.supported(language) or i18n.fallback()
+    consent_text = consent.shown(language, consent_sha256)
     ip = addresses.ip_prefix(remote_addr) if current_app.config["STORE_IP_PREFIX"] else None
-    pending = _upsert_pending(email, PendingPurpose.SUBSCRIBE, consent_text.id, ip, None)
+    pending = _upsert_pending(email, PendingPurpose.SUBSCRIBE, consent_text.id, ip, None, language)
     jobs.enqueue_confirmation(pending.id)
 
 
 def _upsert_pending(
-    email: str, purpose: PendingPurpose, consent_id: int | None, ip: str | None, subscriber_id
+    email: str,
+    purpose: PendingPurpose,
+    consent_id: int | None,
+    ip: str | None,
+    subscriber_id,
+    language: str,
 ) -> PendingSignup:
     """Create the pending row, or refresh the one that exists (the form sent twice)."""
     for _ in range(2):
@@ -66,6 +80,7 @@ def _upsert_pending(
             pending = PendingSignup(email=email, purpose=purpose)
             db.session.add(pending)
         pending.consent_text_id = consent_id
+        pending.language = language
         pending.ip_prefix = ip
         pending.subscriber_id = subscriber_id
         pending.requested_at = utcnow()
@@ -119,6 +134,7 @@ def confirm(token: str) -> bool:
             PendingSignup.subscriber_id,
             PendingSignup.requested_at,
             PendingSignup.consent_text_id,
+            PendingSignup.language,
             PendingSignup.ip_prefix,
         ).where(PendingSignup.public_id == public_id)
     ).first()
@@ -153,6 +169,7 @@ def _store_subscriber(pending) -> None:
             requested_at=pending.requested_at,
             confirmed_at=utcnow(),
             consent_text_id=pending.consent_text_id,
+            language=pending.language,
             ip_prefix=pending.ip_prefix,
         )
     )
@@ -210,6 +227,26 @@ def unsubscribe_url(subscriber: Subscriber) -> str:
 def manage_url(subscriber: Subscriber) -> str:
     """The personal, expiring link to the manage page (MANAGE_MAX_AGE)."""
     return tokens.url(tokens.Purpose.MANAGE, subscriber.token_key)
+
+
+def reader_language(purpose: tokens.Purpose, token: str) -> str | None:
+    """The language stored behind a reader's link, for its pages; None if there is none.
+
+    A confirmation link names a pending sign-up (gone once it is confirmed); the other
+    links name a subscriber. A bad or expired link has no reader behind it. The look-up
+    runs on a connection of its own, so the view's transaction starts with the view.
+    """
+    try:
+        key = tokens.read(purpose, token)
+    except (tokens.InvalidToken, tokens.ExpiredToken):
+        return None
+    if purpose == tokens.Purpose.CONFIRM:
+        public_id = key.removeprefix(CHANGE_KEY_PREFIX)
+        query = select(PendingSignup.language).where(PendingSignup.public_id == public_id)
+    else:
+        query = select(Subscriber.language).where(Subscriber.token_key == key)
+    with db.engine.connect() as connection:
+        return connection.execute(query).scalar()
 
 
 def check_unsubscribe_token(token: str) -> None:
@@ -312,6 +349,10 @@ def export_data(subscriber: Subscriber) -> dict:
 
     consent_text = subscriber.consent_text
     change = pending_address_change(subscriber)
+    with i18n.force_locale(subscriber.language):
+        about = gettext(
+            "All data the newsletter holds about you, as a JSON file (Art. 15 and 20 GDPR)."
+        )
     deferred = db.session.scalars(
         select(DeferredDelivery)
         .where(DeferredDelivery.subscriber_id == subscriber.id)
@@ -319,12 +360,15 @@ def export_data(subscriber: Subscriber) -> dict:
     ).all()
     config = current_app.config
     return {
+        "about": about,
         "email": subscriber.email,
+        "language": subscriber.language,
         "requested_at": _iso(subscriber.requested_at),
         "confirmed_at": _iso(subscriber.confirmed_at),
         "email_changed_at": _iso(subscriber.email_changed_at),
         "ip_prefix": subscriber.ip_prefix,
         "consent": {
+            "language": consent_text.language,
             "version": consent_text.version,
             "text": consent_text.text,
             "sha256": consent_text.sha256,
@@ -364,7 +408,7 @@ def request_address_change(subscriber: Subscriber, raw_email: str) -> None:
     """
     email = addresses.normalize(raw_email)
     if email == subscriber.email:
-        raise addresses.InvalidAddress("That is already the address we send to.")
+        raise addresses.InvalidAddress(gettext("That is already the address we send to."))
     # One pending change per subscriber: a new request replaces an earlier one.
     db.session.execute(
         delete(PendingSignup).where(
@@ -374,6 +418,8 @@ def request_address_change(subscriber: Subscriber, raw_email: str) -> None:
         )
     )
     db.session.commit()
-    pending = _upsert_pending(email, PendingPurpose.CHANGE_EMAIL, None, None, subscriber.id)
+    pending = _upsert_pending(
+        email, PendingPurpose.CHANGE_EMAIL, None, None, subscriber.id, subscriber.language
+    )
     jobs.enqueue_confirmation(pending.id)
     log.info("subscriber %s asked to change the address (pending %s)", subscriber.id, pending.id)

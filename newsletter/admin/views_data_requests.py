@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from flask import Response, current_app, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext
 
 from newsletter import subscriptions
 
@@ -36,7 +37,7 @@ def lookup():
 def export():
     _email, subscriber = _lookup()
     if subscriber is None:
-        flash("No subscriber has this address (any more).", "alert")
+        flash(gettext("No subscriber has this address (any more)."), "alert")
         return redirect(url_for("admin.data_requests"))
     data = subscriptions.export_data(subscriber)
     subscriptions.record_export()
@@ -58,12 +59,12 @@ def delete():
             searched=True,
             subscriber=subscriber,
             data=data,
-            confirm_error="Tick the box to confirm the deletion.",
+            confirm_error=gettext("Tick the box to confirm the deletion."),
         ), 422
     subscriber_id = subscriber.id if subscriber is not None else None
     if subscriptions.erase_address(email, "staff"):
         current_app.logger.info("subscriber %s erased by admin %s", subscriber_id, g.admin.id)
-        flash("The subscriber and all their data are deleted.", "notice")
+        flash(gettext("The subscriber and all their data are deleted."), "notice")
     else:
-        flash("No subscriber has this address (any more); nothing was deleted.", "alert")
+        flash(gettext("No subscriber has this address (any more); nothing was deleted."), "alert")
     return redirect(url_for("admin.data_requests"))
