@@ -170,24 +170,25 @@ def test_0004_gives_existing_rows_english_and_counts_consent_versions_per_langua
         with db.engine.begin() as connection:  # rows as revision 0002 knows them
             connection.execute(
                 sa.text(
-                    "INSERT INTO consent_text (id, version, text, sha256, created_at) "
-                    "VALUES (1, 1, 'I agree.', :sha, :now)"
+                    "INSERT INTO consent_text (version, text, sha256, created_at) "
+                    "VALUES (1, 'I agree.', :sha, :now)"
                 ),
                 {"sha": "a" * 64, "now": now.replace(tzinfo=None)},
             )
+            consent_id = connection.execute(sa.text("SELECT id FROM consent_text")).scalar()
             connection.execute(
                 sa.text(
                     "INSERT INTO subscriber (email, token_key, requested_at, confirmed_at, "
-                    "consent_text_id) VALUES ('old@example.com', 'k1', :now, :now, 1)"
+                    "consent_text_id) VALUES ('old@example.com', 'k1', :now, :now, :consent)"
                 ),
-                {"now": now.replace(tzinfo=None)},
+                {"now": now.replace(tzinfo=None), "consent": consent_id},
             )
             connection.execute(
                 sa.text(
                     "INSERT INTO pending_signup (public_id, email, purpose, consent_text_id, "
-                    "requested_at) VALUES ('p1', 'new@example.com', 'subscribe', 1, :now)"
+                    "requested_at) VALUES ('p1', 'new@example.com', 'subscribe', :consent, :now)"
                 ),
-                {"now": now.replace(tzinfo=None)},
+                {"now": now.replace(tzinfo=None), "consent": consent_id},
             )
 
         upgrade(directory=directory)
