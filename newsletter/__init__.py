@@ -20,7 +20,7 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     # Imported here, not at the top: any ``import newsletter.x`` runs this module first,
     # and only the factory needs every part of the app (the blueprints import services).
     from newsletter import config as config_module
-    from newsletter import embedded_redis, logs
+    from newsletter import embedded_redis, i18n, logs
     from newsletter.extensions import (
         csrf,
         db,
@@ -44,7 +44,10 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     try:
         app.config.update(config_module.load(environ, app.instance_path))
-    except config_module.ConfigError as exc:
+        i18n.compile_catalogues()  # built on install; a fresh clone builds them here
+    except (config_module.ConfigError, i18n.CatalogueError) as exc:
+        if test_config is not None and test_config.get("RAISE_CONFIG_ERRORS"):
+            raise
         print(f"newsletter: configuration error: {exc}", file=sys.stderr)
         # 3 is gunicorn's "worker failed to boot": its master stops instead of retrying.
         raise SystemExit(3) from None
@@ -76,6 +79,7 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]
 
     db.init_app(app)
+    i18n.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     mail.init_app(app)
     csrf.init_app(app)
@@ -83,9 +87,12 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     init_redis(app, redis_url, embedded_folder=app.instance_path if embedded else None)
 
     from newsletter import admin, api, bounces_cli, cli
-    from newsletter.web import dev, manage, public, security
+    from newsletter.web import branding, dev, manage, public, security
+    from newsletter.web import i18n as web_i18n
 
+    web_i18n.init_app(app)  # first: every page, error pages too, knows its language
     security.init_app(app)
+    branding.init_app(app)
     public.init_app(app)
     manage.init_app(app)
     api.init_app(app)

@@ -6,8 +6,11 @@ import hashlib
 import hmac
 import ipaddress
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, EmailUndeliverableError, validate_email
 from flask import current_app
+from flask_babel import gettext
+
+from newsletter import i18n
 
 
 class InvalidAddress(ValueError):
@@ -22,10 +25,10 @@ def normalize(raw: str, *, check_deliverability: bool | None = None) -> str:
     person must not hold two subscriptions.
     """
     if any(c in raw for c in "\r\n\0"):
-        raise InvalidAddress("An email address cannot contain line breaks.")
+        raise InvalidAddress(gettext("An email address cannot contain line breaks."))
     candidate = raw.strip()
     if not candidate:
-        raise InvalidAddress("Please enter your email address.")
+        raise InvalidAddress(gettext("Please enter your email address."))
     if check_deliverability is None:
         check_deliverability = current_app.config["EMAIL_CHECK_DELIVERABILITY"]
     try:
@@ -36,8 +39,17 @@ def normalize(raw: str, *, check_deliverability: bool | None = None) -> str:
             strict=True,  # also enforce the 64-character limit of the local part
         )
     except EmailNotValidError as exc:
-        raise InvalidAddress(str(exc)) from None
+        raise InvalidAddress(_reason(exc)) from None
     return result.normalized.lower()
+
+
+def _reason(error: EmailNotValidError) -> str:
+    """email-validator explains in English: English pages keep its exact words."""
+    if i18n.current() == i18n.SOURCE_LANGUAGE:
+        return str(error)
+    if isinstance(error, EmailUndeliverableError):
+        return gettext("The domain of this address does not receive email. Please check it.")
+    return gettext("This is not a valid email address. Please check how it is written.")
 
 
 def smtp_form(email: str) -> str:

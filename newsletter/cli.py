@@ -9,7 +9,7 @@ import time
 import click
 from flask import Flask, current_app
 
-from newsletter import api_tokens, auth, campaigns, slots, stats, subscriptions
+from newsletter import api_tokens, auth, campaigns, data_export, slots, stats, subscriptions
 from newsletter.extensions import db
 from newsletter.models import CampaignStatus
 
@@ -53,8 +53,8 @@ def subscriber_export(address: str) -> None:
     subscriber = subscriptions.find_by_address(address)
     if subscriber is None:
         raise click.ClickException("No subscriber with that address.")
-    data = subscriptions.export_data(subscriber)
-    subscriptions.record_export()
+    data = data_export.export_data(subscriber)
+    data_export.record_export()
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 

@@ -274,6 +274,37 @@ def _deliverability(env: dict[str, str]) -> dict:
     return config
 
 
+_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
+
+
+def _check_languages(value: str) -> list[str]:
+    """LANGUAGES as a list, the fallback first; each needs a catalogue (or is the source)."""
+    from newsletter import i18n  # no import-time work
+
+    languages = list(dict.fromkeys(_csv(value.replace("-", "_"))))
+    if not languages:
+        raise ConfigError("LANGUAGES must name at least one language, e.g. en,de")
+    available = i18n.available()
+    for language in languages:
+        if not _LANGUAGE_CODE.match(language):
+            raise ConfigError(f"LANGUAGES: {language!r} is not a language code like de or pt_BR")
+        if language not in available:
+            raise ConfigError(
+                f"LANGUAGES: there is no catalogue for {language!r} "
+                f"(newsletter/translations has: {', '.join(available)})"
+            )
+    return languages
+
+
+def _check_imprint_url(value: str) -> str | None:
+    value = value.strip()
+    if not value:
+        return None
+    if not re.match(r"^https?://[^\s/?#]+[^\s]*$", value):
+        raise ConfigError(f"IMPRINT_URL must be an http(s) URL, not {value!r}")
+    return value
+
+
 def process_environ() -> dict[str, str]:
     """A copy of this process's environment: for create_app, and launchers' children."""
     return dict(os.environ)
@@ -424,6 +455,10 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         "MONTHLY_SLOT": slot,
         "STORE_IP_PREFIX": _bool("STORE_IP_PREFIX", store_ip),
         "LIST_ID": _check_list_id(env.get("LIST_ID", "Newsletter <newsletter.example.com>")),
+        "LANGUAGES": _check_languages(env.get("LANGUAGES", "en,de")),
+        "SITE_NAME": env.get("SITE_NAME", "").strip() or "Example Company Newsletter",
+        # The company's legal notice (Impressum): linked in every mail and on every page.
+        "IMPRINT_URL": _check_imprint_url(env.get("IMPRINT_URL", "")),
         "CONTROLLER_NAME": env.get("CONTROLLER_NAME", "Example Company GmbH"),
         "CONTROLLER_ADDRESS": env.get("CONTROLLER_ADDRESS", "Example Street 1, 12345 Example City"),
         "CONTROLLER_EMAIL": env.get("CONTROLLER_EMAIL", "privacy@example.com"),

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Enum,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -51,14 +52,58 @@ class UTCDateTime(TypeDecorator):
         return value
 
 
+# Rows from before languages were English; new rows always name their language.
+LANGUAGE_OF_OLD_ROWS = "en"
+
+
+def _language_column():
+    return mapped_column(String(8), server_default=LANGUAGE_OF_OLD_ROWS)
+
+
 class ConsentText(db.Model):
-    """One wording of the consent text, stored once and identified by its hash."""
+    """One wording of the consent text in one language, stored once, never changed.
+
+    Versions count per language (de 1, 2, ...; en 1, ...); a wording is identified by
+    its hash, so the same words are the same version.
+    """
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    version: Mapped[int] = mapped_column(unique=True)
+    language: Mapped[str] = _language_column()
+    version: Mapped[int]
     text: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("language", "version", name="uq_consent_language_version"),
+        UniqueConstraint("language", "sha256", name="uq_consent_language_sha256"),
+    )
+
+
+class FormText(db.Model):
+    """The operator's words on the sign-up page in one language (``/admin/form``).
+
+    ``intro`` None shows the built-in introduction; ``consent_text`` None the built-in
+    consent wording (itself a stored version once it was shown).
+    """
+
+    language: Mapped[str] = mapped_column(String(8), primary_key=True)
+    intro: Mapped[str | None] = mapped_column(Text)
+    consent_text_id: Mapped[int | None] = mapped_column(ForeignKey("consent_text.id"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    consent_text: Mapped[ConsentText | None] = relationship(lazy="joined")
+
+
+class Look(db.Model):
+    """The logo and accent colour of pages and mails: one row, set on ``/admin/form``."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    logo: Mapped[bytes | None] = mapped_column(LargeBinary)
+    logo_type: Mapped[str | None] = mapped_column(String(32))
+    logo_sha256: Mapped[str | None] = mapped_column(String(64))
+    accent: Mapped[str | None] = mapped_column(String(7))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class PendingPurpose(enum.StrEnum):
@@ -86,6 +131,8 @@ class PendingSignup(db.Model):
         ForeignKey("subscriber.id", ondelete="CASCADE"), index=True
     )
     consent_text_id: Mapped[int | None] = mapped_column(ForeignKey("consent_text.id"))
+    # The language of the page the form was sent from: the mail goes out in it.
+    language: Mapped[str] = _language_column()
     ip_prefix: Mapped[str | None] = mapped_column(String(64))
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     mail_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -104,6 +151,8 @@ class Subscriber(db.Model):
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
     confirmed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     consent_text_id: Mapped[int] = mapped_column(ForeignKey("consent_text.id"))
+    # Needed to write to the reader: pages behind their links and their mail use it.
+    language: Mapped[str] = _language_column()
     ip_prefix: Mapped[str | None] = mapped_column(String(64))
     email_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Soft bounces (4.x.x) on different editions in a row, and the edition of the last one.

@@ -13,16 +13,17 @@ from datetime import timedelta
 from typing import cast
 
 from flask import current_app
+from flask_babel import gettext
 from rq import Retry
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from newsletter import addresses, consent, stats, tokens, verp
+from newsletter import addresses, consent, i18n, stats, tokens, verp
 from newsletter.erasure import erase, erase_traces
 from newsletter.extensions import db
 from newsletter.mail import builders, smtp
-from newsletter.models import DeferredDelivery, PendingPurpose, PendingSignup, Subscriber, utcnow
+from newsletter.models import PendingPurpose, PendingSignup, Subscriber, utcnow
 from newsletter.queue import enqueue, job, last_attempt
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,18 @@ class InvalidSignup(ValueError):
         self.errors = errors
 
 
-def request_signup(raw_email: str, consent_given: bool, remote_addr: str | None) -> None:
+def request_signup(
+    raw_email: str,
+    consent_given: bool,
+    remote_addr: str | None,
+    language: str | None = None,
+    consent_sha256: str | None = None,
+) -> None:
     """Record an unconfirmed sign-up and queue its confirmation mail.
 
     Known, pending and new addresses take the same path; the job finds out whether the
-    address is already subscribed and then sends nothing.
+    address is already subscribed and then sends nothing. ``language`` is the page's
+    (the fallback if not offered); ``consent_sha256`` names the wording the form showed.
     """
     errors = {}
     try:
@@ -48,18 +56,24 @@ def request_signup(raw_email: str, consent_given: bool, remote_addr: str | None)
     except addresses.InvalidAddress as exc:
         errors["email"] = str(exc)
     if not consent_given:
-        errors["consent"] = "Please tick the box to agree to receive the newsletter."
+        errors["consent"] = gettext("Please tick the box to agree to receive the newsletter.")
     if errors:
         raise InvalidSignup(errors)
 
-    consent_text = consent.current()
+    language = i18n.supported(language) or i18n.fallback()
+    consent_text = consent.shown(language, consent_sha256)
     ip = addresses.ip_prefix(remote_addr) if current_app.config["STORE_IP_PREFIX"] else None
-    pending = _upsert_pending(email, PendingPurpose.SUBSCRIBE, consent_text.id, ip, None)
+    pending = _upsert_pending(email, PendingPurpose.SUBSCRIBE, consent_text.id, ip, None, language)
     enqueue_confirmation(pending.id)
 
 
 def _upsert_pending(
-    email: str, purpose: PendingPurpose, consent_id: int | None, ip: str | None, subscriber_id
+    email: str,
+    purpose: PendingPurpose,
+    consent_id: int | None,
+    ip: str | None,
+    subscriber_id,
+    language: str,
 ) -> PendingSignup:
     """Create the pending row, or refresh the one that exists (the form sent twice)."""
     for _ in range(2):
@@ -72,6 +86,7 @@ def _upsert_pending(
             pending = PendingSignup(email=email, purpose=purpose)
             db.session.add(pending)
         pending.consent_text_id = consent_id
+        pending.language = language
         pending.ip_prefix = ip
         pending.subscriber_id = subscriber_id
         pending.requested_at = utcnow()
@@ -125,6 +140,7 @@ def confirm(token: str) -> bool:
             PendingSignup.subscriber_id,
             PendingSignup.requested_at,
             PendingSignup.consent_text_id,
+            PendingSignup.language,
             PendingSignup.ip_prefix,
         ).where(PendingSignup.public_id == public_id)
     ).first()
@@ -159,6 +175,7 @@ def _store_subscriber(pending) -> None:
             requested_at=pending.requested_at,
             confirmed_at=utcnow(),
             consent_text_id=pending.consent_text_id,
+            language=pending.language,
             ip_prefix=pending.ip_prefix,
         )
     )
@@ -190,6 +207,26 @@ def purge_expired() -> None:
 
 
 # --- unsubscribe, erasure and self-service (GDPR Art. 15, 16, 17, 20) -----------------
+
+
+def reader_language(purpose: tokens.Purpose, token: str) -> str | None:
+    """The language stored behind a reader's link, for its pages; None if there is none.
+
+    A confirmation link names a pending sign-up (gone once it is confirmed); the other
+    links name a subscriber. A bad or expired link has no reader behind it. The look-up
+    runs on a connection of its own, so the view's transaction starts with the view.
+    """
+    try:
+        key = tokens.read(purpose, token)
+    except (tokens.InvalidToken, tokens.ExpiredToken):
+        return None
+    if purpose == tokens.Purpose.CONFIRM:
+        public_id = key.removeprefix(CHANGE_KEY_PREFIX)
+        query = select(PendingSignup.language).where(PendingSignup.public_id == public_id)
+    else:
+        query = select(Subscriber.language).where(Subscriber.token_key == key)
+    with db.engine.connect() as connection:
+        return connection.execute(query).scalar()
 
 
 def check_unsubscribe_token(token: str) -> None:
@@ -255,66 +292,6 @@ def subscriber_for_manage_token(token: str) -> Subscriber | None:
     return db.session.scalar(select(Subscriber).where(Subscriber.token_key == key))
 
 
-def _iso(moment) -> str | None:
-    return moment.isoformat() if moment is not None else None
-
-
-def pending_address_change(subscriber: Subscriber) -> PendingSignup | None:
-    return db.session.scalar(
-        select(PendingSignup).where(
-            PendingSignup.subscriber_id == subscriber.id,
-            PendingSignup.purpose == PendingPurpose.CHANGE_EMAIL,
-        )
-    )
-
-
-def export_data(subscriber: Subscriber) -> dict:
-    """Everything we hold about the subscriber, machine-readable (Art. 15, 20)."""
-    consent_text = subscriber.consent_text
-    change = pending_address_change(subscriber)
-    deferred = db.session.scalars(
-        select(DeferredDelivery)
-        .where(DeferredDelivery.subscriber_id == subscriber.id)
-        .order_by(DeferredDelivery.id)
-    ).all()
-    config = current_app.config
-    return {
-        "email": subscriber.email,
-        "requested_at": _iso(subscriber.requested_at),
-        "confirmed_at": _iso(subscriber.confirmed_at),
-        "email_changed_at": _iso(subscriber.email_changed_at),
-        "ip_prefix": subscriber.ip_prefix,
-        "consent": {
-            "version": consent_text.version,
-            "text": consent_text.text,
-            "sha256": consent_text.sha256,
-        },
-        "pending_address_change": (
-            {"email": change.email, "requested_at": _iso(change.requested_at)} if change else None
-        ),
-        "pending_deliveries": [
-            {
-                "campaign_id": row.campaign_id,
-                "attempts": row.attempts,
-                "next_attempt_at": _iso(row.next_attempt_at),
-            }
-            for row in deferred
-        ],
-        "controller": {
-            "name": config["CONTROLLER_NAME"],
-            "address": config["CONTROLLER_ADDRESS"],
-            "email": config["CONTROLLER_EMAIL"],
-        },
-        "exported_at": _iso(utcnow()),
-    }
-
-
-def record_export() -> None:
-    """Count a served access request (no address)."""
-    stats.tally("exported")
-    db.session.commit()
-
-
 def request_address_change(subscriber: Subscriber, raw_email: str) -> None:
     """Ask the new address to confirm; only then does it replace the old one.
 
@@ -324,7 +301,7 @@ def request_address_change(subscriber: Subscriber, raw_email: str) -> None:
     """
     email = addresses.normalize(raw_email)
     if email == subscriber.email:
-        raise addresses.InvalidAddress("That is already the address we send to.")
+        raise addresses.InvalidAddress(gettext("That is already the address we send to."))
     # One pending change per subscriber: a new request replaces an earlier one.
     db.session.execute(
         delete(PendingSignup).where(
@@ -334,7 +311,9 @@ def request_address_change(subscriber: Subscriber, raw_email: str) -> None:
         )
     )
     db.session.commit()
-    pending = _upsert_pending(email, PendingPurpose.CHANGE_EMAIL, None, None, subscriber.id)
+    pending = _upsert_pending(
+        email, PendingPurpose.CHANGE_EMAIL, None, None, subscriber.id, subscriber.language
+    )
     enqueue_confirmation(pending.id)
     log.info("subscriber %s asked to move to a new mailbox (pending %s)", subscriber.id, pending.id)
 
@@ -391,9 +370,9 @@ def send_confirmation(pending_id: int) -> None:
             return
     link = tokens.url(tokens.Purpose.CONFIRM, confirm_key(pending))
     if pending.purpose == PendingPurpose.SUBSCRIBE:
-        mail = builders.confirmation_mail(pending.email, link)
+        mail = builders.confirmation_mail(pending.email, link, pending.language)
     else:
-        mail = builders.change_address_mail(pending.email, link)
+        mail = builders.change_address_mail(pending.email, link, pending.language)
     # With BOUNCE_ADDRESS, a later bounce of this mail names the pending sign-up (VERP).
     sender = verp.envelope_sender(verp.TagKind.CONFIRM, None, pending.id)
     if sender:
@@ -454,6 +433,8 @@ def send_manage_link(subscriber_id: int | None) -> None:
     subscriber = db.session.get(Subscriber, subscriber_id) if subscriber_id is not None else None
     if subscriber is None:
         return  # an unknown address, or erased since: nothing to send
-    mail = builders.manage_mail(subscriber.email, tokens.manage_url(subscriber))
+    mail = builders.manage_mail(
+        subscriber.email, tokens.manage_url(subscriber), subscriber.language
+    )
     smtp.send(mail, f"manage link for subscriber {subscriber_id}")
     log.info("subscriber %s: manage link sent", subscriber_id)

@@ -22,6 +22,7 @@
         if (value === null || value === undefined) { return; }
         el.textContent = value;
         if (el.getAttribute("data-field") === "status") {
+          el.textContent = p.status_label || value; // in the page's language
           el.className = "status status-" + value;
         }
       });

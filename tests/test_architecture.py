@@ -40,6 +40,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "newsletter.auth",
             "newsletter.api_tokens",
             "newsletter.editor",
+            "newsletter.form_texts",
+            "newsletter.data_export",
+            "newsletter.look",
         ),
     ),
     ("sending", ("newsletter.sending",)),
@@ -61,6 +64,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "newsletter.sanitizer",
             "newsletter.verp",
             "newsletter.embedded_redis",
+            "newsletter.i18n",
         ),
     ),
 ]

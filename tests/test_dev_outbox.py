@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from newsletter import create_app
 from newsletter.devserver import free_port, start_outbox
-from newsletter.extensions import db
+from newsletter.extensions import db, get_redis
 from newsletter.models import Subscriber
 from tests.conftest import PUBLIC_URL, csrf_token, path_of
 
@@ -91,8 +91,16 @@ def test_outbox_does_not_exist_outside_make_run(base_environ, tmp_path, settings
     environ = {**base_environ, "DEV_OUTBOX_DIR": str(tmp_path), **settings}
     app = create_app(environ=environ)
     client = app.test_client()
-    assert client.get("/dev/outbox").status_code == 404
-    assert client.get("/dev/outbox/1795930278.M1P1Q1.host").status_code == 404
+    with app.app_context():
+        try:
+            assert client.get("/dev/outbox").status_code == 404
+            assert client.get("/dev/outbox/1795930278.M1P1Q1.host").status_code == 404
+        finally:
+            # The 404 page read the look from the database: close that connection, or it
+            # outlives the test (and SQLite's locks with it).
+            db.session.remove()
+            db.engine.dispose()
+            get_redis().close()
     assert "dev" not in app.blueprints
 
 

@@ -149,6 +149,7 @@ def test_export_is_a_json_download_of_everything_held(app, client, work, smtp, s
     assert data["email_changed_at"] is None
     assert data["ip_prefix"] == "127.0.0.0/24"
     assert data["consent"] == {
+        "language": reader.consent_text.language,
         "version": reader.consent_text.version,
         "text": reader.consent_text.text,
         "sha256": reader.consent_text.sha256,

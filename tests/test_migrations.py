@@ -38,12 +38,22 @@ def test_db_upgrade_twice_on_sqlite_records_its_version(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
     with sqlite3.connect(instance / "newsletter.db") as connection:
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
-            ("0003",)
+            (_head(),)
         ]
         assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
     # Migrating needs no Redis, so none was started (and none is left running).
     assert not (instance / "redis.sock").exists()
     assert "Traceback" not in result.stderr
+
+
+def _head() -> str:
+    """The newest revision in migrations/ (one head: a branch would fail here)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 @pytest.fixture
@@ -197,4 +207,77 @@ def test_0003_gives_existing_rows_zero_counts_and_keeps_subscriber_ids_unique_fo
             assert "AUTOINCREMENT" in sql
         upgrade(directory=directory)
         assert "bounced" in _columns(db.engine, "campaign")
+        db.engine.dispose()
+
+
+def test_0004_gives_existing_rows_english_and_counts_consent_versions_per_language(
+    base_environ, empty_database
+):
+    import sqlalchemy as sa
+    from flask_migrate import downgrade, upgrade
+
+    from newsletter import create_app
+    from newsletter.extensions import db
+    from newsletter.models import utcnow
+
+    directory = str(ROOT / "migrations")
+    app = create_app(environ={**base_environ, "DATABASE_URL": empty_database})
+    with app.app_context():
+        upgrade(directory=directory, revision="0003")
+        now = utcnow()
+        with db.engine.begin() as connection:  # rows as revision 0003 knows them
+            connection.execute(
+                sa.text(
+                    "INSERT INTO consent_text (version, text, sha256, created_at) "
+                    "VALUES (1, 'I agree.', :sha, :now)"
+                ),
+                {"sha": "a" * 64, "now": now.replace(tzinfo=None)},
+            )
+            consent_id = connection.execute(sa.text("SELECT id FROM consent_text")).scalar()
+            connection.execute(
+                sa.text(
+                    "INSERT INTO subscriber (email, token_key, requested_at, confirmed_at, "
+                    "consent_text_id) VALUES ('old@example.com', 'k1', :now, :now, :consent)"
+                ),
+                {"now": now.replace(tzinfo=None), "consent": consent_id},
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO pending_signup (public_id, email, purpose, consent_text_id, "
+                    "requested_at) VALUES ('p1', 'new@example.com', 'subscribe', :consent, :now)"
+                ),
+                {"now": now.replace(tzinfo=None), "consent": consent_id},
+            )
+
+        upgrade(directory=directory)
+        with db.engine.begin() as connection:
+            for table in ("subscriber", "pending_signup", "consent_text"):
+                languages = connection.execute(sa.text(f"SELECT language FROM {table}"))
+                assert list(languages.scalars()) == ["en"], table
+            # Versions count per language now: German starts at 1 beside English 1 ...
+            connection.execute(
+                sa.text(
+                    "INSERT INTO consent_text (language, version, text, sha256, created_at) "
+                    "VALUES ('de', 1, 'Ich willige ein.', :sha, :now)"
+                ),
+                {"sha": "a" * 64, "now": now.replace(tzinfo=None)},
+            )
+        with db.engine.connect() as connection:
+            # ... and one language cannot have a version number twice.
+            with pytest.raises(sa.exc.IntegrityError):
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO consent_text (language, version, text, sha256, created_at) "
+                        "VALUES ('de', 1, 'Anders.', :sha, :now)"
+                    ),
+                    {"sha": "b" * 64, "now": now.replace(tzinfo=None)},
+                )
+            connection.rollback()
+        with db.engine.begin() as connection:
+            connection.execute(sa.text("DELETE FROM consent_text WHERE language = 'de'"))
+
+        downgrade(directory=directory, revision="0003")
+        assert "language" not in _columns(db.engine, "subscriber")
+        upgrade(directory=directory)
+        assert {"form_text", "look"} <= set(sa.inspect(db.engine).get_table_names())
         db.engine.dispose()

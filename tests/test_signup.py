@@ -366,8 +366,10 @@ def test_expired_sign_ups_are_purged_by_the_tick(app, client, work, smtp):
 
 
 def test_consent_wording_is_versioned_by_hash(app, client, work, subscribed):
+    from newsletter import consent
+
     subscribed("v1@example.com")
-    app.config["CONSENT_TEXT"] = "A new wording of the consent text."
+    consent.adopt("en", "A new wording of the consent text.")  # what /admin/form does
     subscribed("v2@example.com")
     versions = db.session.scalars(select(ConsentText).order_by(ConsentText.version)).all()
     assert [v.version for v in versions] == [1, 2]

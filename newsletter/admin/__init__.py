@@ -1,4 +1,5 @@
-"""Admin pages for marketing staff: editions, scheduling, progress, data-subject requests.
+"""Admin pages for marketing staff: editions, scheduling, progress, the sign-up form's
+words and look, data-subject requests.
 
 Thin views over the campaign, sending and subscription services, one module per concern;
 the route table below lists every page. Every page needs a staff login (checked once,
@@ -15,8 +16,10 @@ from newsletter.admin import (
     views_dashboard,
     views_data_requests,
     views_editor,
+    views_form,
     views_progress,
 )
+from newsletter.admin.labels import status_label
 from newsletter.admin.times import localtime
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -38,6 +41,9 @@ ROUTES = (
     ("/campaigns/<int:campaign_id>/cancel", "POST", views_editor.cancel),
     ("/campaigns/<int:campaign_id>/resume", "POST", views_editor.resume),
     ("/campaigns/<int:campaign_id>/progress.json", "GET", views_progress.progress),
+    ("/form", "GET", views_form.signup_form),
+    ("/form/look", "POST", views_form.save_look),
+    ("/form/<language>", "POST", views_form.save_texts),
     ("/subscribers", "GET", views_data_requests.data_requests),
     ("/subscribers/lookup", "POST", views_data_requests.lookup),
     ("/subscribers/export", "POST", views_data_requests.export),
@@ -53,6 +59,7 @@ LOGIN_ENDPOINTS = {"admin.login", "admin.login_form"}
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.jinja_env.filters["localtime"] = localtime
+    app.add_template_global(status_label)
 
 
 @bp.before_request

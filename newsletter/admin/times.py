@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from flask import current_app
 
+from newsletter import i18n
 from newsletter.slots import MonthlySlot
 
 # Offered first in the editor's zone list; all the others follow.
@@ -36,5 +37,4 @@ def localtime(moment: datetime | None, zone: str | None = None) -> str:
     if moment is None:
         return "–"
     tz = ZoneInfo(zone) if zone else slot().zone
-    local = moment.astimezone(tz)
-    return f"{local:%a %d %b %Y, %H:%M} {tz.key}"
+    return i18n.format_datetime(moment, tz, "weekday")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import current_app, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext
 
 from newsletter import auth
 from newsletter.extensions import limiter
@@ -22,9 +23,11 @@ def login():
     if user is None:
         attempts = current_app.config["ADMIN_MAX_FAILED_LOGINS"]
         minutes = current_app.config["ADMIN_LOCKOUT"] // 60
-        error = (
-            f"Wrong email address or password. After {attempts} failed attempts in a row "
-            f"the account is locked for {minutes} minutes."
+        error = gettext(
+            "Wrong email address or password. After %(attempts)s failed attempts in a row "
+            "the account is locked for %(minutes)s minutes.",
+            attempts=attempts,
+            minutes=minutes,
         )
         return render_template("admin/login.html", error=error, email=email, next=target), 401
     auth.login(user)
@@ -33,5 +36,5 @@ def login():
 
 def logout():
     auth.logout()
-    flash("You are logged out.", "notice")
+    flash(gettext("You are logged out."), "notice")
     return redirect(url_for("admin.login_form"))

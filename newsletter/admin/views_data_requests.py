@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 
 from flask import Response, current_app, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext
 
-from newsletter import subscriptions
+from newsletter import data_export, subscriptions
 
 
 def data_requests():
@@ -24,7 +25,7 @@ def _lookup():
 
 def lookup():
     email, subscriber = _lookup()
-    data = subscriptions.export_data(subscriber) if subscriber is not None else None
+    data = data_export.export_data(subscriber) if subscriber is not None else None
     current_app.logger.info(
         "data-subject look-up by admin %s: %s", g.admin.id, "found" if subscriber else "none"
     )
@@ -36,10 +37,10 @@ def lookup():
 def export():
     _email, subscriber = _lookup()
     if subscriber is None:
-        flash("No subscriber has this address (any more).", "alert")
+        flash(gettext("No subscriber has this address (any more)."), "alert")
         return redirect(url_for("admin.data_requests"))
-    data = subscriptions.export_data(subscriber)
-    subscriptions.record_export()
+    data = data_export.export_data(subscriber)
+    data_export.record_export()
     current_app.logger.info("subscriber %s exported by admin %s", subscriber.id, g.admin.id)
     return Response(
         json.dumps(data, indent=2, ensure_ascii=False),
@@ -51,19 +52,19 @@ def export():
 def delete():
     email, subscriber = _lookup()
     if not request.form.get("confirm"):
-        data = subscriptions.export_data(subscriber) if subscriber is not None else None
+        data = data_export.export_data(subscriber) if subscriber is not None else None
         return render_template(
             "admin/subscribers.html",
             email=email,
             searched=True,
             subscriber=subscriber,
             data=data,
-            confirm_error="Tick the box to confirm the deletion.",
+            confirm_error=gettext("Tick the box to confirm the deletion."),
         ), 422
     subscriber_id = subscriber.id if subscriber is not None else None
     if subscriptions.erase_address(email, "staff"):
         current_app.logger.info("subscriber %s erased by admin %s", subscriber_id, g.admin.id)
-        flash("The subscriber and all their data are deleted.", "notice")
+        flash(gettext("The subscriber and all their data are deleted."), "notice")
     else:
-        flash("No subscriber has this address (any more); nothing was deleted.", "alert")
+        flash(gettext("No subscriber has this address (any more); nothing was deleted."), "alert")
     return redirect(url_for("admin.data_requests"))

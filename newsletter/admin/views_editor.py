@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import Response, abort, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext
 
 from newsletter import campaigns, editor, progress, slots
 from newsletter.admin import times
@@ -61,7 +62,10 @@ def create_campaign():
             source_format=source_format,
             formats=editor.FORMATS,
         ), 422
-    flash("Draft saved. Check the preview, send yourself a test, then schedule it.", "notice")
+    flash(
+        gettext("Draft saved. Check the preview, send yourself a test, then schedule it."),
+        "notice",
+    )
     return redirect(url_for("admin.campaign", campaign_id=campaign.id))
 
 
@@ -115,7 +119,7 @@ def save_campaign(campaign_id: int):
     except campaigns.WrongState as exc:
         flash(str(exc), "alert")
         return redirect(url_for("admin.campaign", campaign_id=campaign_id))
-    flash("Changes saved. The preview shows them.", "notice")
+    flash(gettext("Changes saved. The preview shows them."), "notice")
     return redirect(url_for("admin.campaign", campaign_id=campaign_id) + "#preview")
 
 
@@ -132,11 +136,11 @@ def send_test(campaign_id: int):
     try:
         campaigns.send_test(found.id, g.admin.email)
     except campaigns.Invalid as exc:
-        flash(f"The test could not be sent: {exc}", "alert")
+        flash(gettext("The test could not be sent: %(why)s", why=exc), "alert")
     except campaigns.CopyNotSent as exc:
-        flash(f"{exc} Please try again later.", "alert")
+        flash(gettext("%(why)s Please try again later.", why=exc), "alert")
     else:
-        flash(f"A test copy is on its way to {g.admin.email}.", "notice")
+        flash(gettext("A test copy is on its way to %(email)s.", email=g.admin.email), "notice")
     return redirect(url_for("admin.campaign", campaign_id=found.id))
 
 
@@ -174,9 +178,10 @@ def schedule(campaign_id: int):
     if note:
         flash(note, "alert")
     elif when == "now":
-        flash("Sending starts within seconds. This page shows the progress.", "notice")
+        flash(gettext("Sending starts within seconds. This page shows the progress."), "notice")
     else:
-        flash(f"Scheduled for {times.localtime(scheduled.send_at)}.", "notice")
+        when = times.localtime(scheduled.send_at)
+        flash(gettext("Scheduled for %(when)s.", when=when), "notice")
     return redirect(url_for("admin.campaign", campaign_id=found.id))
 
 
@@ -187,7 +192,7 @@ def cancel(campaign_id: int):
     except campaigns.WrongState as exc:
         flash(str(exc), "alert")
     else:
-        flash("The campaign is cancelled; nothing more of it goes out.", "notice")
+        flash(gettext("The campaign is cancelled; nothing more of it goes out."), "notice")
     return redirect(url_for("admin.campaign", campaign_id=found.id))
 
 
@@ -198,5 +203,5 @@ def resume(campaign_id: int):
     except (campaigns.WrongState, campaigns.Invalid) as exc:
         flash(str(exc), "alert")
     else:
-        flash("Sending continues where it stopped.", "notice")
+        flash(gettext("Sending continues where it stopped."), "notice")
     return redirect(url_for("admin.campaign", campaign_id=found.id))

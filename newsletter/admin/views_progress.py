@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from newsletter import progress as progress_service
+from newsletter.admin.labels import status_label
 from newsletter.admin.views_editor import campaign_or_404
 
 
 def progress(campaign_id: int):
-    return progress_service.progress_of(campaign_or_404(campaign_id))
+    found = progress_service.progress_of(campaign_or_404(campaign_id))
+    return {**found, "status_label": status_label(found["status"])}

@@ -18,7 +18,9 @@ from email.utils import formataddr, formatdate, parseaddr
 from urllib.parse import urlsplit
 
 from flask import current_app, render_template
+from flask_babel import gettext
 
+from newsletter import i18n
 from newsletter.addresses import smtp_form
 
 CRLF = "\r\n"
@@ -163,20 +165,22 @@ def _from_templates(name: str, subject: str, to: str, **context) -> OutgoingMail
     return MailTemplate(subject, text, html).render(to)
 
 
-def confirmation_mail(to: str, confirm_url: str) -> OutgoingMail:
-    return _from_templates(
-        "confirm", "Please confirm your newsletter subscription", to, confirm_url=confirm_url
-    )
+def confirmation_mail(to: str, confirm_url: str, language: str | None = None) -> OutgoingMail:
+    with i18n.force_locale(language):
+        subject = gettext("Please confirm your newsletter subscription")
+        return _from_templates("confirm", subject, to, confirm_url=confirm_url)
 
 
-def manage_mail(to: str, manage_url: str) -> OutgoingMail:
-    return _from_templates("manage", "Your newsletter subscription", to, manage_url=manage_url)
+def manage_mail(to: str, manage_url: str, language: str | None = None) -> OutgoingMail:
+    with i18n.force_locale(language):
+        subject = gettext("Your newsletter subscription")
+        return _from_templates("manage", subject, to, manage_url=manage_url)
 
 
-def change_address_mail(to: str, confirm_url: str) -> OutgoingMail:
-    return _from_templates(
-        "change_address", "Please confirm your new address", to, confirm_url=confirm_url
-    )
+def change_address_mail(to: str, confirm_url: str, language: str | None = None) -> OutgoingMail:
+    with i18n.force_locale(language):
+        subject = gettext("Please confirm your new address")
+        return _from_templates("change_address", subject, to, confirm_url=confirm_url)
 
 
 def newsletter_headers(unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> dict[str, str]:
@@ -188,13 +192,17 @@ def newsletter_headers(unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> dict[s
     }
 
 
-def edition_template(subject: str, html: str, text: str) -> MailTemplate:
-    """The newsletter every edition goes through, rendered once per campaign.
+def edition_template(
+    subject: str, html: str, text: str, language: str | None = None
+) -> MailTemplate:
+    """The newsletter every edition goes through, rendered once per campaign (and language).
 
     ``render(to, {"unsubscribe_url": url})`` adds the reader's personal unsubscribe link
-    to both parts and to the List-Unsubscribe header.
+    to both parts and to the List-Unsubscribe header. The frame (footer, legal notice)
+    is in ``language``, the fallback by default: the main version's language.
     """
     context = {"subject": subject, "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER}
-    html_document = render_template("mail/edition.html", body=html, **context)
-    text_document = render_template("mail/edition.txt", body=text, **context)
+    with i18n.force_locale(language):
+        html_document = render_template("mail/edition.html", body=html, **context)
+        text_document = render_template("mail/edition.txt", body=text, **context)
     return MailTemplate(subject, text_document, html_document, newsletter_headers())

@@ -7,7 +7,7 @@ import json
 
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 
-from newsletter import addresses, subscriptions, tokens
+from newsletter import addresses, data_export, subscriptions, tokens
 from newsletter.extensions import limiter
 from newsletter.web import security
 from newsletter.web.limits import CONFIRMATION_SCOPE, confirmation_limit_per_ip, mailbox_limit_spent
@@ -90,7 +90,7 @@ def _manage_page(subscriber, token: str, error: str | None = None, email: str = 
             "public/manage.html",
             subscriber=subscriber,
             token=token,
-            change=subscriptions.pending_address_change(subscriber),
+            change=data_export.pending_address_change(subscriber),
             error=error,
             email=email,
         ),
@@ -123,8 +123,8 @@ def manage(subscriber, token: str):
 @bp.get("/manage/<token>/export")
 @with_subscriber
 def export(subscriber, token: str):
-    data = subscriptions.export_data(subscriber)
-    subscriptions.record_export()
+    data = data_export.export_data(subscriber)
+    data_export.record_export()
     return Response(
         json.dumps(data, indent=2, ensure_ascii=False) + "\n",
         mimetype="application/json",

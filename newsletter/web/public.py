@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, render_template, request
 from sqlalchemy import text
 
-from newsletter import consent, subscriptions, tokens
+from newsletter import consent, form_texts, i18n, subscriptions, tokens
 from newsletter.extensions import db, get_redis, limiter
 from newsletter.web.limits import (
     CONFIRMATION_SCOPE,
@@ -17,6 +17,8 @@ from newsletter.web.limits import (
 bp = Blueprint("public", __name__)
 
 HONEYPOT_FIELD = "website"
+# The hash of the consent wording the form showed: the proof names that version.
+WORDING_FIELD = "consent_sha256"
 
 
 def _signup_form(errors=None, email="", status=200):
@@ -25,7 +27,7 @@ def _signup_form(errors=None, email="", status=200):
             "public/subscribe.html",
             errors=errors or {},
             email=email,
-            consent_text=consent.wording(),
+            texts=form_texts.for_language(i18n.current()),
         ),
         status,
     )
@@ -48,7 +50,11 @@ def subscribe():
         return render_template("public/check_inbox.html")
     try:
         subscriptions.request_signup(
-            email, consent_given=bool(request.form.get("consent")), remote_addr=request.remote_addr
+            email,
+            consent_given=bool(request.form.get("consent")),
+            remote_addr=request.remote_addr,
+            language=i18n.current(),
+            consent_sha256=request.form.get(WORDING_FIELD),
         )
     except subscriptions.InvalidSignup as exc:
         return _signup_form(exc.errors, email=email[:254], status=422)
@@ -81,7 +87,9 @@ def confirm(token: str):
 
 @bp.get("/privacy")
 def privacy():
-    return render_template("public/privacy.html", consent_text=consent.wording())
+    return render_template(
+        "public/privacy.html", consent_text=consent.current_wording(i18n.current())
+    )
 
 
 @bp.get("/healthz")
@@ -112,20 +120,6 @@ def _redis_ok() -> bool:
         return False
 
 
-# --- for the privacy notice ------------------------------------------------------------
-
-
-def duration(seconds: int | float) -> str:
-    """Say a configured duration in words: ``3600`` -> ``1 hour``, ``172800`` -> ``48 hours``."""
-    seconds = int(seconds)
-    for unit, size in (("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            count = seconds // size
-            return f"{count} {unit}{'' if count == 1 else 's'}"
-    return f"{seconds} seconds"
-
-
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.add_template_global(longest_counter_window)
-    app.add_template_filter(duration)
