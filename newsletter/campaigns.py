@@ -8,7 +8,7 @@ second marketer ends in a clear WrongState instead of a lost update.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,8 @@ import redis
 from flask import current_app
 from sqlalchemy import func, select
 
-from newsletter import addresses, campaign_status, sanitizer, sending
+from newsletter import addresses, campaign_status, editions, i18n, sanitizer, sending
+from newsletter.editions import CampaignError, Invalid
 from newsletter.extensions import db
 from newsletter.mail import builders, smtp
 from newsletter.mail.rendering import html_to_text
@@ -32,7 +33,6 @@ from newsletter.stats import audience
 
 log = logging.getLogger(__name__)
 
-SUBJECT_MAX = 200
 ID_MAX = 2**31 - 1
 EDITABLE = (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED)
 CANCELLABLE = (CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED)
@@ -44,10 +44,6 @@ QUEUE_DOWN_NOTE = (
     "sending starts when the queue is back, at the next periodic tick."
 )
 _UNSET = object()
-
-
-class CampaignError(Exception):
-    """Base of the errors a marketer can fix."""
 
 
 class NotFound(CampaignError):
@@ -73,94 +69,31 @@ class CopyNotSent(CampaignError):
     """The mail server did not take a test copy; the message names no address."""
 
 
-@dataclass
-class Invalid(CampaignError):
-    """Input that cannot be used; ``errors`` maps each field to a message."""
+def create(
+    subject: str,
+    html: str | None = None,
+    text: str | None = None,
+    *,
+    markdown: str | None = None,
+    translations: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Campaign:
+    """Store a new draft (body as ``html`` or ``markdown``); without a text part, derive one.
 
-    errors: dict[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return "; ".join(f"{name}: {message}" for name, message in self.errors.items())
-
-
-def _is_unicode(value: str) -> bool:
-    """False for strings with lone surrogates (JSON allows ``"\\ud800"``; UTF-8 does not)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-NOT_UNICODE = "contains a lone surrogate (e.g. \\ud800), which is not a character"
-
-
-def _check_subject(subject, errors: dict[str, str]) -> str | None:
-    if not isinstance(subject, str) or not subject.strip():
-        errors["subject"] = "Give the edition a subject."
-        return None
-    subject = subject.strip()
-    if not _is_unicode(subject):
-        errors["subject"] = f"The subject {NOT_UNICODE}."
-    elif any(c in subject for c in "\r\n\0"):
-        errors["subject"] = "The subject must be one line."
-    elif len(subject) > SUBJECT_MAX:
-        errors["subject"] = f"The subject is {len(subject)} characters long; at most {SUBJECT_MAX}."
-    return subject
-
-
-def _check_html(html, errors: dict[str, str]) -> str | None:
-    """Return the HTML body cleaned to the mail allow-list (see ``sanitizer``)."""
-    if not isinstance(html, str) or not html.strip():
-        errors["html"] = "The edition needs an HTML body."
-        return None
-    if not _is_unicode(html):
-        errors["html"] = f"The HTML body {NOT_UNICODE}."
-        return None
-    if "\0" in html:
-        errors["html"] = "The HTML body contains a NUL character."
-        return None
-    cleaned = sanitizer.clean(html)
-    if not cleaned.strip():
-        errors["html"] = (
-            "Nothing is left of the HTML body once scripts, frames and forms are removed."
-        )
-        return None
-    return cleaned
-
-
-def _check_text(text, errors: dict[str, str]) -> str | None:
-    """``None`` or an empty text means: derive the text part from the HTML."""
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        errors["text"] = "The text part must be a string (or null to derive it from the HTML)."
-        return None
-    if not _is_unicode(text):
-        errors["text"] = f"The text part {NOT_UNICODE}."
-    elif "\0" in text:
-        errors["text"] = "The text part contains a NUL character."
-    return text if text.strip() else None
-
-
-def create(subject: str, html: str, text: str | None = None) -> Campaign:
-    """Store a new draft; without a text part, derive one from the HTML."""
+    ``translations`` gives the versions in other languages (see ``editions``), stored
+    with the draft in one transaction.
+    """
     errors: dict[str, str] = {}
-    checked_subject = _check_subject(subject, errors)
-    checked_html = _check_html(html, errors)
-    checked_text = _check_text(text, errors)
-    if errors or checked_subject is None or checked_html is None:
-        raise Invalid(errors)
-    campaign = Campaign(
-        subject=checked_subject,
-        html=checked_html,
-        text=checked_text if checked_text is not None else html_to_text(checked_html),
-        text_is_derived=checked_text is None,
-        status=CampaignStatus.DRAFT,
+    main = editions.check_version(
+        {"subject": subject, "html": html, "text": text, "markdown": markdown}, errors
     )
+    checked = editions.check_translations(translations or {}, errors)
+    if errors:
+        raise Invalid(errors)
+    campaign = Campaign(**main, status=CampaignStatus.DRAFT)
+    editions.apply_translations(campaign, checked)
     db.session.add(campaign)
     db.session.commit()
-    log.info("campaign %s created", campaign.id)
+    log.info("campaign %s created (%s translations)", campaign.id, len(checked))
     return campaign
 
 
@@ -194,34 +127,50 @@ def _change_status(
     return campaign
 
 
-def update(campaign_id: int, subject=_UNSET, html=_UNSET, text=_UNSET) -> Campaign:
-    """Edit subject, HTML or text while the campaign is a draft or scheduled.
+def update(
+    campaign_id: int,
+    subject=_UNSET,
+    html=_UNSET,
+    text=_UNSET,
+    markdown=_UNSET,
+    translations=_UNSET,
+) -> Campaign:
+    """Edit the main version or the translations while the campaign is a draft or scheduled.
 
     ``text=None`` derives the text part from the HTML again; a derived text follows
-    every change of the HTML.
+    every change of the HTML. Each language in ``translations`` is replaced as a whole,
+    ``None`` removes it, and languages not named stay as they are.
     """
     campaign = get(campaign_id)
     errors: dict[str, str] = {}
     values: dict = {}
     if subject is not _UNSET:
-        values["subject"] = _check_subject(subject, errors)
-    if html is not _UNSET:
-        values["html"] = _check_html(html, errors)
+        values["subject"] = editions.check_subject(subject, errors)
+    if markdown is not _UNSET or html is not _UNSET:
+        body = {"html": None if html is _UNSET else html}
+        if markdown is not _UNSET:
+            body["markdown"] = markdown
+        values.update(editions.check_body(body, errors))
     if text is not _UNSET:
-        values["text"] = _check_text(text, errors)
+        values["text"] = editions.check_text(text, errors)
+    checked = {}
+    if translations is not _UNSET:
+        checked = editions.check_translations(translations, errors, removable=True)
     if errors:
         raise Invalid(errors)
     new_html = values.get("html", campaign.html)
-    if "text" in values:
-        derive = values["text"] is None
-    else:
-        derive = campaign.text_is_derived
-    if derive:
-        values["text"] = html_to_text(new_html)
-        values["text_is_derived"] = True
-    else:
-        values["text_is_derived"] = False
-    campaign = _change_status(campaign_id, EDITABLE, "edited", **values)
+    derive = values["text"] is None if "text" in values else campaign.text_is_derived
+    values.update(
+        editions.derived_text(new_html, None if derive else values.get("text", campaign.text))
+    )
+    # The conditional UPDATE first: it holds the row, and the translations go with it.
+    if not campaign_status.change(campaign_id, EDITABLE, **values):
+        db.session.rollback()
+        db.session.refresh(campaign)
+        raise WrongState(campaign, "edited", EDITABLE)
+    editions.apply_translations(campaign, checked)
+    db.session.commit()
+    db.session.refresh(campaign)
     log.info("campaign %s edited", campaign_id)
     return campaign
 
@@ -359,22 +308,36 @@ def resume(campaign_id: int) -> Campaign:
     return campaign
 
 
-def send_test(campaign_id: int, to: str) -> None:
+def send_test(campaign_id: int, to: str, language: str | None = None) -> None:
     """Send one copy now to a staff account's address; its unsubscribe link leads nowhere.
 
-    Any other address is refused (Invalid, field ``to``): a token or a login must not turn
-    the service into a mailer to anyone. When the mail server does not take the copy,
-    CopyNotSent says why, in words that quote no address.
+    The copy is the version in ``language`` (a language of LANGUAGES; the main version
+    when it has no translation in it), framed in that language, its subject marked as a
+    test. Any address but a staff account's is refused (Invalid, field ``to``): a token
+    or a login must not turn the service into a mailer to anyone. When the mail server
+    does not take the copy, CopyNotSent says why, in words that quote no address.
     """
     campaign = get(campaign_id)
+    errors: dict[str, str] = {}
+    if language is not None and language not in i18n.languages():
+        errors["language"] = (
+            f"{language!r} is not a language of this newsletter; "
+            f"choose one of {', '.join(i18n.languages())}."
+        )
     try:
         address = addresses.normalize(to if isinstance(to, str) else "")
     except addresses.InvalidAddress as exc:
-        raise Invalid({"to": str(exc)}) from None
-    if db.session.scalar(select(AdminUser.id).where(AdminUser.email == address)) is None:
-        raise Invalid({"to": "Test copies go only to the address of a staff (admin) account."})
-    html = sanitizer.clean(campaign.html)  # also for a draft stored before cleaning existed
-    template = builders.edition_template(campaign.subject, html, campaign.text)
+        errors["to"] = str(exc)
+    else:
+        if db.session.scalar(select(AdminUser.id).where(AdminUser.email == address)) is None:
+            errors["to"] = "Test copies go only to the address of a staff (admin) account."
+    if errors:
+        raise Invalid(errors)
+    version = campaign.version(language)
+    html = sanitizer.clean(version.html)  # also for a draft stored before cleaning existed
+    template = builders.edition_template(
+        builders.test_subject(version.subject, language), html, version.text, language
+    )
     unsubscribe_url = current_app.config["PUBLIC_URL"] + TEST_COPY_PATH
     try:
         smtp.send(
@@ -385,7 +348,7 @@ def send_test(campaign_id: int, to: str) -> None:
         why = _why_not_taken(exc)
         log.warning("campaign %s: test copy not sent: %s", campaign_id, why)
         raise CopyNotSent(f"The mail server did not take the test copy: {why}.") from None
-    log.info("campaign %s: test copy sent", campaign_id)
+    log.info("campaign %s: test copy (%s) sent", campaign_id, language or i18n.fallback())
 
 
 def _why_not_taken(error: smtp.MailNotSent) -> str:

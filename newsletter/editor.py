@@ -1,42 +1,21 @@
 """The edition as staff write it (Markdown or HTML) turned into mail-ready HTML and text.
 
-Mail clients drop ``<style>`` blocks and ignore classes, so the typography of the body
-is inlined into ``style`` attributes (css-inline). When sent, the body goes into the
-shared responsive edition layout (templates/mail/edition.html), as in the preview here.
-The campaign service cleans the result to the mail allow-list (``sanitizer``) after the
-inlining, so the inlined ``style`` attributes are kept and scripts never get stored.
+The typography is inlined as for every edition (``mail.rendering.body_html``). When
+sent, the body goes into the shared responsive edition layout
+(templates/mail/edition.html), as in the preview here. The campaign service cleans the
+result to the mail allow-list (``sanitizer``) after the inlining, so the inlined
+``style`` attributes are kept and scripts never get stored. Each language of the edition
+is written on its own tab: ``language`` None is the main version.
 """
 
 from __future__ import annotations
 
-import css_inline
-import markdown
-
 from newsletter import campaigns, sanitizer
 from newsletter.extensions import db
-from newsletter.mail import builders
+from newsletter.mail import builders, rendering
 from newsletter.models import Campaign
 
-FORMATS = {"markdown": "Markdown", "html": "HTML"}
-
-# Safe for every mail client we know of: system fonts, no web fonts, fluid images.
-BODY_CSS = """
-h1 { font-size: 26px; line-height: 1.25; margin: 0 0 16px; color: #111827; }
-h2 { font-size: 20px; line-height: 1.3; margin: 28px 0 12px; color: #111827; }
-h3 { font-size: 17px; line-height: 1.3; margin: 24px 0 8px; color: #111827; }
-p, ul, ol { margin: 0 0 16px; }
-li { margin: 0 0 6px; }
-a { color: #1d4ed8; text-decoration: underline; }
-img { max-width: 100%; height: auto; border: 0; }
-blockquote { margin: 0 0 16px; padding: 4px 16px; border-left: 4px solid #d1d5db; color: #4b5563; }
-code { font-family: Menlo, Consolas, monospace; font-size: 14px; background: #f3f4f6; }
-pre { background: #f3f4f6; padding: 12px; overflow-x: auto; font-size: 14px; }
-table { border-collapse: collapse; margin: 0 0 16px; }
-th, td { border: 1px solid #d1d5db; padding: 6px 10px; text-align: left; }
-hr { border: none; border-top: 1px solid #e5e7eb; margin: 24px 0; }
-"""
-
-_inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False)
+FORMATS = rendering.FORMATS
 
 
 def to_html(source: str, source_format: str) -> str:
@@ -48,16 +27,10 @@ def to_html(source: str, source_format: str) -> str:
         raise campaigns.Invalid({"source_format": "Choose Markdown or HTML."})
     if not source.strip():
         raise campaigns.Invalid({"source": "Write the edition first."})
-    if source_format == "markdown":
-        body = markdown.markdown(source, extensions=["extra", "sane_lists"], output_format="html")
-    else:
-        body = source
     try:
-        return _inliner.inline_fragment(body, BODY_CSS)
-    except css_inline.InlineError as exc:
-        raise campaigns.Invalid(
-            {"source": f"The HTML cannot be prepared for mail: {exc}"}
-        ) from None
+        return rendering.body_html(source, source_format)
+    except ValueError as exc:
+        raise campaigns.Invalid({"source": str(exc)}) from None
 
 
 def save(campaign_id: int | None, subject: str, source: str, source_format: str) -> Campaign:

@@ -183,16 +183,24 @@ def _enum(cls, length=16):
     )
 
 
-class Campaign(db.Model):
-    """One edition of the newsletter and, once sent, its totals."""
+class Version:
+    """The words of one version of an edition: the campaign's main one, or a translation.
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    ``source`` is what the editor opens again (Markdown), ``html`` what is sent.
+    """
+
     subject: Mapped[str] = mapped_column(String(200))
     html: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     text_is_derived: Mapped[bool] = mapped_column(default=True)
     source: Mapped[str | None] = mapped_column(Text)
     source_format: Mapped[str] = mapped_column(String(16), default="html")
+
+
+class Campaign(Version, db.Model):
+    """One edition of the newsletter (its main version) and, once sent, its totals."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
     status: Mapped[CampaignStatus] = mapped_column(
         _enum(CampaignStatus), default=CampaignStatus.DRAFT, index=True
     )
@@ -208,6 +216,38 @@ class Campaign(db.Model):
     unknown: Mapped[int] = mapped_column(default=0)
     bounced: Mapped[int] = mapped_column(default=0)  # permanent bounces that came back later
     complaints: Mapped[int] = mapped_column(default=0)  # spam reports (ARF)
+
+    translations: Mapped[list[CampaignTranslation]] = relationship(
+        cascade="all, delete-orphan",
+        order_by="CampaignTranslation.language",
+        passive_deletes=True,
+    )
+
+    def version(self, language: str | None) -> Version:
+        """The version a reader of ``language`` gets: its translation, else the main one."""
+        for translation in self.translations:
+            if translation.language == language:
+                return translation
+        return self
+
+
+class CampaignTranslation(Version, db.Model):
+    """The version of an edition in one more language (the main one is the fallback's).
+
+    Only the edition's words: who reads which language is the subscriber's row.
+    """
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(
+        ForeignKey("campaign.id", ondelete="CASCADE"), index=True
+    )
+    language: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "language", name="uq_campaign_translation_language"),
+    )
 
 
 class BatchStatus(enum.StrEnum):

@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "newsletter.auth",
             "newsletter.api_tokens",
             "newsletter.editor",
+            "newsletter.editions",
             "newsletter.form_texts",
             "newsletter.data_export",
             "newsletter.look",

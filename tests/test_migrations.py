@@ -281,3 +281,57 @@ def test_0004_gives_existing_rows_english_and_counts_consent_versions_per_langua
         upgrade(directory=directory)
         assert {"form_text", "look"} <= set(sa.inspect(db.engine).get_table_names())
         db.engine.dispose()
+
+
+def test_0005_adds_translations_that_go_with_their_campaign(base_environ, empty_database):
+    import sqlalchemy as sa
+    from flask_migrate import downgrade, upgrade
+
+    from newsletter import create_app
+    from newsletter.extensions import db
+    from newsletter.models import UTCDateTime, utcnow
+
+    directory = str(ROOT / "migrations")
+    app = create_app(environ={**base_environ, "DATABASE_URL": empty_database})
+    stamp = sa.bindparam("t", type_=UTCDateTime())
+    with app.app_context():
+        upgrade(directory=directory, revision="0004")
+        with db.engine.begin() as connection:  # a campaign as revision 0004 knows it
+            connection.execute(
+                sa.text(
+                    "INSERT INTO campaign (subject, html, text, text_is_derived, source_format, "
+                    "status, created_at, updated_at, recipients, sent, failed, unknown, "
+                    "bounced, complaints) VALUES ('News', '<p>Hi</p>', 'Hi', true, 'html', "
+                    "'draft', :t, :t, 0, 0, 0, 0, 0, 0)"
+                ).bindparams(stamp),
+                {"t": utcnow()},
+            )
+            campaign_id = connection.execute(sa.text("SELECT id FROM campaign")).scalar()
+
+        upgrade(directory=directory)
+        db.engine.dispose()  # env.py turns SQLite's foreign keys off on its connection
+        insert = sa.text(
+            "INSERT INTO campaign_translation (campaign_id, language, subject, html, text, "
+            "text_is_derived, source_format, created_at, updated_at) VALUES "
+            "(:c, 'de', 'Neues', '<p>Hallo</p>', 'Hallo', true, 'html', :t, :t)"
+        ).bindparams(stamp)
+        with db.engine.begin() as connection:
+            assert (
+                connection.execute(sa.text("SELECT count(*) FROM campaign_translation")).scalar()
+                == 0
+            )
+            connection.execute(insert, {"c": campaign_id, "t": utcnow()})
+        with db.engine.connect() as connection:  # one version per language and campaign
+            with pytest.raises(sa.exc.IntegrityError):
+                connection.execute(insert, {"c": campaign_id, "t": utcnow()})
+            connection.rollback()
+        with db.engine.begin() as connection:
+            connection.execute(sa.text("DELETE FROM campaign"))
+            left = connection.execute(sa.text("SELECT count(*) FROM campaign_translation"))
+            assert left.scalar() == 0  # ON DELETE CASCADE
+
+        downgrade(directory=directory, revision="0004")
+        assert "campaign_translation" not in sa.inspect(db.engine).get_table_names()
+        upgrade(directory=directory)
+        assert "campaign_translation" in sa.inspect(db.engine).get_table_names()
+        db.engine.dispose()

@@ -11,9 +11,11 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from flask import has_app_context
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
+from newsletter import i18n
 from newsletter.api import schemas
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -177,7 +179,8 @@ def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
 
 
 @functools.cache
-def _paths_and_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+def _paths_and_schemas(languages: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Made once per LANGUAGES: the schemas name the languages of the app (``languages``)."""
     models: dict[type[BaseModel], JsonSchemaMode] = {schemas.Problem: "serialization"}
     for route in ROUTES:
         if route.body is not None:
@@ -196,7 +199,7 @@ def _paths_and_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def document(public_url: str) -> dict[str, Any]:
     """Return the OpenAPI document; ``public_url`` names the server."""
-    paths, components = _paths_and_schemas()
+    paths, components = _paths_and_schemas(tuple(i18n.languages()) if has_app_context() else ())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -49,10 +49,14 @@ class Problem(Exception):
 
 def invalid(errors: dict[str, str]) -> Problem:
     """A 422 with one ``errors`` entry per field, named by a JSON pointer (``#`` the body)."""
+    # One invalid field: its message is the detail too, for clients that show only that.
+    detail = "The request has invalid fields; see 'errors'."
+    if len(errors) == 1:
+        detail = next(iter(errors.values()))
     return Problem(
         422,
         "Unprocessable Content",
-        "The request has invalid fields; see 'errors'.",
+        detail,
         errors=[
             {"pointer": "#/" + name if name else "#", "detail": message}
             for name, message in errors.items()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from flask import has_app_context
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -28,8 +29,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from newsletter import slots
-from newsletter.campaigns import ID_MAX, NOT_UNICODE, SUBJECT_MAX
+from newsletter import editions, i18n, slots
+from newsletter.campaigns import ID_MAX
+from newsletter.editions import NOT_UNICODE, SUBJECT_MAX
 from newsletter.models import CampaignStatus
 
 # --- field types ----------------------------------------------------------------------
@@ -88,6 +90,17 @@ Text = Annotated[
         description="The plain-text part; null or blank: made from the HTML.",
     ),
 ]
+Markdown = Annotated[
+    str,
+    Field(
+        pattern=r"^[^\x00]*[^\s\x00][^\x00]*$",
+        description=(
+            "The body in Markdown (with the 'extra' extensions: tables, footnotes, ...), "
+            "made into HTML as the admin editor makes it, typography inlined, then cleaned "
+            "as html is. Give html or markdown, not both."
+        ),
+    ),
+]
 CampaignId = Annotated[int, Field(ge=1, le=ID_MAX)]
 Count = Annotated[int, Field(ge=0)]
 Timestamp = Annotated[
@@ -117,32 +130,109 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class NewCampaign(Request):
+def _offered(schema: dict[str, Any], languages) -> None:
+    """Name the languages of this deployment in the document (when it is made for one)."""
+    _no_default(schema)
+    if not has_app_context():
+        return
+    if schema.get("type") == "object":  # one property per language, so generators see them
+        value = schema.pop("additionalProperties")
+        schema["properties"] = {language: value for language in languages()}
+        schema["additionalProperties"] = False
+    else:
+        schema["enum"] = languages()
+
+
+class Version(Request):
+    """One language's version of an edition: the body as html or as markdown."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["html"]}, {"required": ["markdown"]}]}
+    )
+
     subject: Subject
-    html: Html
+    html: Html = _may_be_left_out()
+    markdown: Markdown = _may_be_left_out()
     text: Text = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _has_a_body(cls, data: Any) -> Any:
+        # Without either, the error names html (the body most clients send).
+        if isinstance(data, dict) and "html" not in data and "markdown" not in data:
+            return {**data, "html": None}
+        return data
+
+
+def _translation_languages(schema: dict[str, Any]) -> None:
+    _offered(schema, editions.translation_languages)
+
+
+Translations = Annotated[
+    dict[str, Version],
+    Field(
+        description=(
+            "The edition in other languages of LANGUAGES (not the first, the main version's), "
+            "keyed by language; each reader gets the version of their language, else the "
+            "main one. Any other key is refused (422)."
+        ),
+    ),
+]
+TranslationChanges = Annotated[
+    dict[str, Version | None],
+    Field(
+        description=(
+            "Each language given replaces that version as a whole; null removes it; "
+            "languages not named stay as they are."
+        ),
+    ),
+]
+
+
+class NewCampaign(Version):
+    """The main version (in the first language of LANGUAGES) and, optionally, translations."""
+
+    translations: Translations = Field(None, json_schema_extra=_translation_languages)
 
 
 class CampaignChanges(Request):
     """Allowed while the campaign is a draft or scheduled."""
 
-    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+    model_config = ConfigDict(
+        json_schema_extra={"minProperties": 1, "not": {"required": ["html", "markdown"]}}
+    )
 
     subject: Subject = _may_be_left_out()
     html: Html = _may_be_left_out()
+    markdown: Markdown = _may_be_left_out()
     text: Text = _may_be_left_out()
+    translations: TranslationChanges = Field(None, json_schema_extra=_translation_languages)
 
     @model_validator(mode="after")
     def _changes_something(self) -> CampaignChanges:
         if not self.model_fields_set:
-            raise PydanticCustomError("empty", "Send at least one of subject, html, text.")
+            raise PydanticCustomError(
+                "empty", "Send at least one of subject, html, markdown, text, translations."
+            )
         return self
+
+
+def _languages(schema: dict[str, Any]) -> None:
+    _offered(schema, i18n.languages)
 
 
 class TestSend(Request):
     to: str = Field(
         description="A staff (admin) account's address; any other is refused (422).",
         json_schema_extra={"format": "email"},
+    )
+    language: str = Field(
+        None,
+        description=(
+            "A language of LANGUAGES: the copy is that language's version (the main one when "
+            "it has none), framed in that language. Left out: the main version."
+        ),
+        json_schema_extra=_languages,
     )
 
 
@@ -165,11 +255,17 @@ MESSAGES: dict[str, dict[str, str]] = {
         "string_unicode": f"The subject {NOT_UNICODE}.",
     },
     "html": {
-        "missing": "The edition needs an HTML body.",
-        "string_type": "The edition needs an HTML body.",
+        "missing": "The edition needs a body: give html (or markdown).",
+        "string_type": "The edition needs a body: give html (or markdown).",
         "blank": "The edition needs an HTML body.",
         "string_pattern_mismatch": "The HTML body contains a NUL character.",
         "string_unicode": f"The HTML body {NOT_UNICODE}.",
+    },
+    "markdown": {
+        "string_type": "The Markdown body must be a string.",
+        "blank": "The Markdown body is empty.",
+        "string_pattern_mismatch": "The Markdown body contains a NUL character.",
+        "string_unicode": f"The Markdown body {NOT_UNICODE}.",
     },
     "text": {
         "string_type": "The text part must be a string (or null to derive it from the HTML).",
@@ -200,7 +296,8 @@ def _message(name: str, item: Any, model: type[BaseModel]) -> str:
         return "The body must be a JSON object."
     value = item.get("input")
     blank = isinstance(value, str) and not value.strip()
-    messages = MESSAGES.get(name, {})
+    # A translation's fields read as the main version's: "translations/de/subject".
+    messages = MESSAGES.get(name) or MESSAGES.get(name.rpartition("/")[2], {})
     template = messages.get("blank" if blank else item["type"]) or messages.get(item["type"])
     if template is None:
         return item["msg"]
@@ -235,11 +332,23 @@ class Campaign(BaseModel):
     url: str
 
 
+class TranslationShown(BaseModel):
+    """One language's version as stored (Markdown was made into html)."""
+
+    subject: str
+    html: str
+    text: str
+    text_is_derived: bool
+
+
 class CampaignWithContent(Campaign):
-    """A campaign with its HTML and text parts."""
+    """A campaign with its HTML and text parts and its translations."""
 
     html: str
     text: str
+    translations: dict[str, TranslationShown] = Field(
+        description="The versions in other languages, keyed by language; {} when none."
+    )
 
 
 class CampaignList(RootModel[list[Campaign]]):

@@ -53,6 +53,13 @@ def shown(campaign: Campaign, model: type[schemas.Campaign] = schemas.Campaign, 
     names = [name for name in model.model_fields if hasattr(campaign, name)]
     values = {name: getattr(campaign, name) for name in names}
     values |= campaigns.totals(campaign)
+    if "translations" in model.model_fields:
+        values["translations"] = {
+            row.language: {
+                name: getattr(row, name) for name in schemas.TranslationShown.model_fields
+            }
+            for row in campaign.translations
+        }
     values["url"] = url_for("api.get_campaign", campaign_id=campaign.id)
     values |= {name: value for name, value in extra.items() if value is not None}
     return model.model_validate(values).model_dump(mode="json")
@@ -66,8 +73,8 @@ def openapi_document():
 @bp.post("/campaigns")
 @bearer_only
 def create_campaign():
-    new = read(schemas.NewCampaign)
-    campaign = campaigns.create(new.subject, new.html, new.text)
+    new = read(schemas.NewCampaign).model_dump(exclude_unset=True)
+    campaign = campaigns.create(**new)
     response = jsonify(shown(campaign, schemas.CampaignWithContent))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_campaign", campaign_id=campaign.id)
@@ -96,7 +103,8 @@ def edit_campaign(campaign_id: int):
 @bearer_only
 @limiter.limit(lambda: current_app.config["API_TEST_SEND_LIMIT"], key_func=token_key)
 def send_test(campaign_id: int):
-    campaigns.send_test(campaign_id, read(schemas.TestSend).to)
+    test = read(schemas.TestSend)
+    campaigns.send_test(campaign_id, test.to, test.language)
     return jsonify(schemas.TestSent(campaign_id=campaign_id, sent=True).model_dump(mode="json"))
 
 

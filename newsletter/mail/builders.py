@@ -192,6 +192,12 @@ def newsletter_headers(unsubscribe_url: str = UNSUBSCRIBE_PLACEHOLDER) -> dict[s
     }
 
 
+def test_subject(subject: str, language: str | None = None) -> str:
+    """The subject of a test copy: marked, so that nobody takes it for the edition."""
+    with i18n.force_locale(language):
+        return gettext("[Test] %(subject)s", subject=subject)
+
+
 def edition_template(
     subject: str, html: str, text: str, language: str | None = None
 ) -> MailTemplate:

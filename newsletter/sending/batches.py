@@ -101,7 +101,10 @@ class BatchRun(Run):
             .limit(PAGE_SIZE)
         )
         self._fresh = select(
-            subscriber_table.c.id, subscriber_table.c.email, subscriber_table.c.token_key
+            subscriber_table.c.id,
+            subscriber_table.c.email,
+            subscriber_table.c.token_key,
+            subscriber_table.c.language,  # which version of the edition they get
         ).where(subscriber_table.c.id == bindparam("sid"))
 
     def send(self) -> None:

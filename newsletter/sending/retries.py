@@ -142,6 +142,7 @@ class DeferredRun(Run):
                 subscriber_table.c.id,
                 subscriber_table.c.email,
                 subscriber_table.c.token_key,
+                subscriber_table.c.language,
             )
             .join(subscriber_table, subscriber_table.c.id == deferred_table.c.subscriber_id)
             .where(deferred_table.c.id == row_id)

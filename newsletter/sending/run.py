@@ -58,7 +58,10 @@ class Run:
     def __init__(self, campaign_id: int) -> None:
         self.campaign_id = campaign_id
         campaign = db.session.get(Campaign, campaign_id)
-        self.template = builders.edition_template(campaign.subject, campaign.html, campaign.text)
+        # Each language's copy is rendered once, when its first reader comes up.
+        self.main = (campaign.subject, campaign.html, campaign.text)
+        self.versions = {t.language: (t.subject, t.html, t.text) for t in campaign.translations}
+        self.templates: dict[str | None, builders.MailTemplate] = {}
         db.session.rollback()
         self.db = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         self.postgresql = self.db.dialect.name == "postgresql"
@@ -90,14 +93,24 @@ class Run:
     def close(self) -> None:
         self.smtp.close()
 
+    def template_for(self, language: str | None) -> builders.MailTemplate:
+        """The edition for readers of ``language``: its version, else the main one."""
+        template = self.templates.get(language)
+        if template is None:
+            version = self.versions.get(language or "", self.main)
+            template = builders.edition_template(*version, language)
+            self.templates[language] = template
+        return template
+
     def render_and_deliver(self, subscriber) -> tuple[Outcome, str]:
         """Render the reader's copy and deliver it; an address SMTP cannot carry fails.
 
         Such an address (say a non-ASCII local part, without SMTPUTF8) fails the same way
         on every try: counted as failed, it no longer stops the batch again and again.
         """
+        template = self.template_for(subscriber.language)
         try:
-            mail = self.template.render(
+            mail = template.render(
                 subscriber.email, {"unsubscribe_url": tokens.unsubscribe_url(subscriber)}
             )
             # With BOUNCE_ADDRESS, a later bounce names this edition and this reader (VERP).
