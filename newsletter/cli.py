@@ -223,20 +223,96 @@ def _read(path: str | None) -> str | None:
         return handle.read()
 
 
+_FILE = click.Path(exists=True, dir_okay=False)
+# What --translation LANG:FIELD=VALUE may set: a file is read, a subject taken as given.
+TRANSLATION_FIELDS = {
+    "subject": "subject",
+    "html-file": "html",
+    "markdown-file": "markdown",
+    "text-file": "text",
+}
+
+
+def _translations(given: tuple[str, ...]) -> dict[str, dict[str, str | None]]:
+    """Read ``de:subject=Neues``, ``de:markdown-file=de.md`` ... into versions by language."""
+    versions: dict[str, dict[str, str | None]] = {}
+    for item in given:
+        language, _, assignment = item.partition(":")
+        name, equals, value = assignment.partition("=")
+        if not language or not equals or name not in TRANSLATION_FIELDS:
+            raise click.BadParameter(
+                f"{item!r}: write LANG:FIELD=VALUE, FIELD one of {', '.join(TRANSLATION_FIELDS)}",
+                param_hint="--translation",
+            )
+        field = TRANSLATION_FIELDS[name]
+        try:
+            versions.setdefault(language, {})[field] = value if field == "subject" else _read(value)
+        except OSError as exc:
+            raise click.BadParameter(
+                f"{item!r}: {exc.strerror}", param_hint="--translation"
+            ) from None
+    return versions
+
+
+_translation_option = click.option(
+    "--translation",
+    "translation",
+    multiple=True,
+    metavar="LANG:FIELD=VALUE",
+    help=(
+        "A version in another language, one field per option: "
+        "de:subject=..., de:html-file=PATH or de:markdown-file=PATH, de:text-file=PATH."
+    ),
+)
+
+
 @campaign_cli.command("create")
 @click.option("--subject", required=True, help="The subject line.")
-@click.option(
-    "--html-file", required=True, type=click.Path(exists=True, dir_okay=False), help="HTML body."
-)
-@click.option(
-    "--text-file",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Plain-text part; made from the HTML when left out.",
-)
-def campaign_create(subject: str, html_file: str, text_file: str | None) -> None:
-    """Store a new draft edition."""
-    campaign = _campaign_call(campaigns.create, subject, _read(html_file), _read(text_file))
-    click.echo(f"Created campaign {campaign.id} (draft).")
+@click.option("--html-file", type=_FILE, help="HTML body.")
+@click.option("--markdown-file", type=_FILE, help="Markdown body (instead of --html-file).")
+@click.option("--text-file", type=_FILE, help="Plain-text part; made from the HTML when left out.")
+@_translation_option
+def campaign_create(
+    subject: str,
+    html_file: str | None,
+    markdown_file: str | None,
+    text_file: str | None,
+    translation: tuple[str, ...],
+) -> None:
+    """Store a new draft edition, its main version and any translations."""
+    if (html_file is None) == (markdown_file is None):
+        raise click.UsageError("Give the body as --html-file or as --markdown-file.")
+    campaign = _campaign_call(
+        lambda: campaigns.create(
+            subject,
+            _read(html_file),
+            _read(text_file),
+            markdown=_read(markdown_file),
+            translations=_translations(translation),
+        )
+    )
+    languages = ", ".join(row.language for row in campaign.translations)
+    click.echo(
+        f"Created campaign {campaign.id} (draft)."
+        + (f" Translations: {languages}." if languages else "")
+    )
+
+
+@campaign_cli.command("translate")
+@click.argument("campaign_id", type=int)
+@_translation_option
+@click.option("--remove", multiple=True, metavar="LANG", help="Remove the version in LANG.")
+def campaign_translate(
+    campaign_id: int, translation: tuple[str, ...], remove: tuple[str, ...]
+) -> None:
+    """Add, replace or remove versions in other languages of a draft or scheduled edition."""
+    changes: dict[str, dict | None] = {**_translations(translation)}
+    changes.update({language: None for language in remove})
+    if not changes:
+        raise click.UsageError("Give at least one --translation or --remove.")
+    campaign = _campaign_call(lambda: campaigns.update(campaign_id, translations=changes))
+    languages = ", ".join(row.language for row in campaign.translations) or "none"
+    click.echo(f"Campaign {campaign.id}: translations {languages}.")
 
 
 @campaign_cli.command("list")
@@ -272,14 +348,17 @@ def campaign_show(campaign_id: int) -> None:
     for name in ("recipients", "sent", "failed", "unknown"):
         click.echo(f"{name + ':':<12} {totals[name]}")
     click.echo(f"text part:   {'made from the HTML' if campaign.text_is_derived else 'own'}")
+    for row in campaign.translations:
+        click.echo(f"{'in ' + row.language + ':':<12} {row.subject}")
 
 
 @campaign_cli.command("test")
 @click.argument("campaign_id", type=int)
 @click.argument("address")
-def campaign_test(campaign_id: int, address: str) -> None:
+@click.option("--language", help="The version in this language (default: the main version).")
+def campaign_test(campaign_id: int, address: str, language: str | None) -> None:
     """Send one test copy to ADDRESS now."""
-    _campaign_call(campaigns.send_test, campaign_id, address)
+    _campaign_call(campaigns.send_test, campaign_id, address, language)
     click.echo(f"Test copy of campaign {campaign_id} sent.")
 
 

@@ -208,3 +208,64 @@ def test_campaign_watch_follows_a_send_to_the_end(
     assert f"Campaign {campaign_id} is sent: 3 sent, 0 failed, 0 unknown of 3" in result.output
     editions = [m for m in smtp.messages if m.message["List-Unsubscribe"]]
     assert sorted(r for m in editions for r in m.rcpt_tos) == sorted(readers)
+
+
+# --- translations -----------------------------------------------------------------------
+
+
+def test_campaign_create_takes_markdown_and_translations(runner, tmp_path, smtp, staff):
+    main = tmp_path / "main.md"
+    main.write_text("# December\n\nThe **forum** is open.\n", encoding="utf-8")
+    german = tmp_path / "de.md"
+    german.write_text("# Dezember\n\nDas **Forum** ist offen.\n", encoding="utf-8")
+    main_args = ["--subject", "December news", "--markdown-file", str(main)]
+    german_args = ["--translation", "de:subject=Neues im Dezember"]
+    german_args += ["--translation", f"de:markdown-file={german}"]
+    result = invoke(runner, "campaign", "create", *main_args, *german_args)
+    assert "Translations: de." in result.output
+    campaign = db.session.scalar(select(Campaign))
+    assert "<strong" in campaign.html and campaign.source_format == "markdown"
+    [translation] = campaign.translations
+    assert translation.subject == "Neues im Dezember" and "<strong" in translation.html
+    assert "Neues im Dezember" in invoke(runner, "campaign", "show", str(campaign.id)).output
+
+    invoke(runner, "campaign", "test", str(campaign.id), "staff@example.com", "--language", "de")
+    [mail] = smtp.messages
+    assert mail.message["Subject"] == "[Test] Neues im Dezember" and "Forum" in mail.html
+
+
+def test_campaign_translate_adds_replaces_and_removes(runner, html_file, tmp_path):
+    campaign_id = create_campaign(runner, html_file)
+    german = tmp_path / "de.html"
+    german.write_text("<p>Hallo</p>", encoding="utf-8")
+    args = ["campaign", "translate", str(campaign_id)]
+    result = invoke(
+        runner,
+        *args,
+        "--translation",
+        "de:subject=Hallo",
+        "--translation",
+        f"de:html-file={german}",
+    )
+    assert "translations de" in result.output
+    assert db.session.get(Campaign, campaign_id).translations[0].html == "<p>Hallo</p>"
+    assert "translations none" in invoke(runner, *args, "--remove", "de").output
+    db.session.expire_all()
+    assert db.session.get(Campaign, campaign_id).translations == []
+
+
+@pytest.mark.parametrize(
+    "option, words",
+    [
+        ("fr:subject=Salut", "not a language of this newsletter"),
+        ("de:subject=Hallo", "body"),
+        ("de-subject=x", "LANG:FIELD=VALUE"),
+        ("de:html-file=/nonexistent/de.html", "No such file"),
+    ],
+)
+def test_campaign_create_refuses_translations_it_cannot_use(runner, html_file, option, words):
+    args = ["--subject", "S", "--html-file", html_file, "--translation", option]
+    result = invoke(runner, "campaign", "create", *args, ok=False)
+    assert words in result.output
+    assert "Traceback" not in result.output
+    assert db.session.scalar(select(Campaign)) is None
