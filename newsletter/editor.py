@@ -10,10 +10,10 @@ is written on its own tab: ``language`` None is the main version.
 
 from __future__ import annotations
 
-from newsletter import campaigns, sanitizer
+from newsletter import campaigns, editions, sanitizer
 from newsletter.extensions import db
 from newsletter.mail import builders, rendering
-from newsletter.models import Campaign
+from newsletter.models import Campaign, Version
 
 FORMATS = rendering.FORMATS
 
@@ -33,11 +33,18 @@ def to_html(source: str, source_format: str) -> str:
         raise campaigns.Invalid({"source": str(exc)}) from None
 
 
-def save(campaign_id: int | None, subject: str, source: str, source_format: str) -> Campaign:
+def save(
+    campaign_id: int | None,
+    subject: str,
+    source: str,
+    source_format: str,
+    language: str | None = None,
+) -> Campaign:
     """Create (``campaign_id=None``) or update a campaign from what staff wrote.
 
-    The text part is derived from the HTML by the campaign service; the source is kept
-    so that the editor opens the Markdown again, not the HTML made from it.
+    ``language`` names a translation's tab (None: the main version). The text part is
+    derived from the HTML by the campaign service; the source is kept so that the editor
+    opens the Markdown again, not the HTML made from it.
     """
     source = source.replace("\r\n", "\n")
     try:
@@ -46,6 +53,14 @@ def save(campaign_id: int | None, subject: str, source: str, source_format: str)
         if not subject.strip():  # name every missing field at once, not one per try
             exc.errors = {"subject": "Give the edition a subject.", **exc.errors}
         raise
+    if language is not None and campaign_id is not None:  # a translation of a saved draft
+        version = {
+            "subject": subject,
+            "html": html,
+            "source": source,
+            "source_format": source_format,
+        }
+        return campaigns.update(campaign_id, translations={language: version})
     if campaign_id is None:
         campaign = campaigns.create(subject, html, None)
     else:
@@ -56,18 +71,30 @@ def save(campaign_id: int | None, subject: str, source: str, source_format: str)
     return campaign
 
 
-def source_of(campaign: Campaign) -> tuple[str, str]:
-    """Return what the editor shows: the kept source, or the HTML of an API-made campaign."""
-    if campaign.source is not None and campaign.source_format in FORMATS:
-        return campaign.source, campaign.source_format
-    return campaign.html, "html"
+def remove_translation(campaign_id: int, language: str) -> Campaign:
+    """Remove the version in ``language``: its readers get the main version again."""
+    return campaigns.update(campaign_id, translations={language: None})
 
 
-def preview_document(campaign: Campaign) -> str:
-    """Return the HTML document a reader gets, with a dead unsubscribe link.
+def source_of(campaign: Campaign, language: str | None = None) -> tuple[str, str, str]:
+    """Return what a tab shows: subject, the kept source (or the HTML of an API-made
+    version) and its format; an empty Markdown tab for a language not written yet."""
+    version: Version | None = campaign
+    if language is not None:
+        version = editions.translations_of(campaign).get(language)
+    if version is None:
+        return "", "", "markdown"
+    if version.source is not None and version.source_format in FORMATS:
+        return version.subject, version.source, version.source_format
+    return version.subject, version.html, "html"
+
+
+def preview_document(campaign: Campaign, language: str | None = None) -> str:
+    """Return the HTML document a reader of ``language`` gets, with a dead unsubscribe link.
 
     The body is cleaned again here, for editions stored before cleaning existed.
     """
-    html = sanitizer.clean(campaign.html)
-    template = builders.edition_template(campaign.subject, html, campaign.text)
+    version = campaign.version(language)
+    html = sanitizer.clean(version.html)
+    template = builders.edition_template(version.subject, html, version.text, language)
     return template.html.replace(builders.UNSUBSCRIBE_PLACEHOLDER, "#unsubscribe")

@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from newsletter import api_tokens, campaigns, editor
 from newsletter.extensions import db
 from newsletter.models import Campaign, CampaignStatus, CampaignTranslation
-from tests.conftest import STAFF
+from tests.conftest import STAFF, csrf_token
+from tests.test_admin import create_from_markdown
 from tests.test_campaigns_api import Api, assert_problem, pointers, set_status
 from tests.test_languages import GERMAN, confirm
 
@@ -63,7 +64,7 @@ def test_the_main_version_may_be_markdown_and_the_editor_opens_it_again(api):
     assert "<strong" in created["html"] and created["text"] == "Own text"
     assert created["translations"] == {}
     campaign = db.session.get(Campaign, created["id"])
-    assert editor.source_of(campaign) == ("Hello **you**", "markdown")
+    assert editor.source_of(campaign) == ("November news", "Hello **you**", "markdown")
 
 
 def test_markdown_is_cleaned_like_html(api):
@@ -253,3 +254,92 @@ def test_a_run_renders_each_language_once_and_reuses_it_for_every_reader(app, ap
         assert set(run.templates) == {"de", "en", "fr"}
     finally:
         run.dispose()
+
+
+# --- the admin editor ---------------------------------------------------------------
+
+
+def _post(admin, path: str, **data):
+    token = csrf_token(admin, f"/admin/campaigns/{data.pop('page_id')}")
+    return admin.post(path, data={"csrf_token": token, **data})
+
+
+def _save_german(admin, campaign_id: int, subject: str, source: str):
+    """Save the German tab as staff do: the form with its hidden ``version``."""
+    return _post(
+        admin,
+        f"/admin/campaigns/{campaign_id}",
+        page_id=campaign_id,
+        version="de",
+        subject=subject,
+        source=source,
+        source_format="markdown",
+    )
+
+
+def test_the_editor_has_a_tab_per_language_that_works_without_javascript(admin, smtp):
+    campaign_id = create_from_markdown(admin, subject="December edition")
+    page = admin.get(f"/admin/campaigns/{campaign_id}").get_data(as_text=True)
+    assert f'href="/admin/campaigns/{campaign_id}?version=de#versions"' in page
+    assert "not written yet" in page
+
+    tab = admin.get(f"/admin/campaigns/{campaign_id}?version=de").get_data(as_text=True)
+    assert '<input type="hidden" name="version" value="de">' in tab
+    assert "There is no version in Deutsch yet" in tab
+    assert 'value="December edition"' not in tab, "an empty tab, not the main version"
+
+    response = _save_german(
+        admin, campaign_id, "Dezember-Ausgabe", "# Neu\n\nDer **Betrachter** ist da."
+    )
+    assert response.status_code == 302
+    assert response.location.endswith(f"/admin/campaigns/{campaign_id}?version=de#preview")
+    campaign = campaigns.get(campaign_id)
+    [german] = campaign.translations
+    assert german.subject == "Dezember-Ausgabe" and "<strong" in german.html
+    assert german.source_format == "markdown" and german.source.startswith("# Neu")
+    assert campaign.subject == "December edition", "the main version is untouched"
+
+    tab = admin.get(f"/admin/campaigns/{campaign_id}?version=de").get_data(as_text=True)
+    assert "Der **Betrachter** ist da." in tab, "the tab opens the Markdown again"
+    assert f"/admin/campaigns/{campaign_id}/preview?version=de" in tab
+    preview = admin.get(f"/admin/campaigns/{campaign_id}/preview?version=de")
+    assert "Betrachter" in preview.text and GERMAN_FRAME in preview.text
+    assert 'lang="de"' in preview.text
+    main_preview = admin.get(f"/admin/campaigns/{campaign_id}/preview").text
+    assert "Betrachter" not in main_preview and ENGLISH_FRAME in main_preview
+
+    response = _post(
+        admin, f"/admin/campaigns/{campaign_id}/test", page_id=campaign_id, version="de"
+    )
+    assert response.location.endswith(f"/admin/campaigns/{campaign_id}?version=de")
+    [mail] = smtp.to(STAFF)
+    assert mail.message["Subject"] == "[Test] Dezember-Ausgabe" and "Betrachter" in mail.html
+
+
+def test_a_translation_tab_shows_its_errors_and_keeps_what_was_written(admin):
+    campaign_id = create_from_markdown(admin)
+    response = _save_german(admin, campaign_id, "", "Nur Text")
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert 'id="subject-error"' in page and "Nur Text" in page
+    assert '<input type="hidden" name="version" value="de">' in page
+    assert campaigns.get(campaign_id).translations == []
+
+
+def test_a_translation_can_be_removed_in_the_editor(admin):
+    campaign_id = create_from_markdown(admin)
+    campaigns.update(campaign_id, translations={"de": GERMAN_VERSION})
+    tab = admin.get(f"/admin/campaigns/{campaign_id}?version=de").get_data(as_text=True)
+    assert "Remove the version in Deutsch" in tab
+    response = _post(
+        admin, f"/admin/campaigns/{campaign_id}/remove-version", page_id=campaign_id, version="de"
+    )
+    assert response.status_code == 302
+    db.session.expire_all()
+    assert campaigns.get(campaign_id).translations == []
+
+
+def test_the_german_admin_area_names_the_tabs_in_german(admin):
+    campaign_id = create_from_markdown(admin)
+    page = admin.get(f"/admin/campaigns/{campaign_id}?lang=de").get_data(as_text=True)
+    assert "Hauptversion" in page and "noch nicht geschrieben" in page

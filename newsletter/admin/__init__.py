@@ -37,6 +37,7 @@ ROUTES = (
     ("/campaigns/<int:campaign_id>", "POST", views_editor.save_campaign),
     ("/campaigns/<int:campaign_id>/preview", "GET", views_editor.preview),
     ("/campaigns/<int:campaign_id>/test", "POST", views_editor.send_test),
+    ("/campaigns/<int:campaign_id>/remove-version", "POST", views_editor.remove_version),
     ("/campaigns/<int:campaign_id>/schedule", "POST", views_editor.schedule),
     ("/campaigns/<int:campaign_id>/cancel", "POST", views_editor.cancel),
     ("/campaigns/<int:campaign_id>/resume", "POST", views_editor.resume),

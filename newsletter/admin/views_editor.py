@@ -7,7 +7,7 @@ from datetime import datetime
 from flask import Response, abort, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext
 
-from newsletter import campaigns, editor, progress, slots
+from newsletter import campaigns, editions, editor, i18n, progress, slots
 from newsletter.admin import times
 from newsletter.models import Campaign
 
@@ -32,8 +32,27 @@ def campaign_list():
 
 
 def _editor_errors(error: campaigns.Invalid) -> dict[str, str]:
-    """Name the editor's fields: the service checks ``html``, staff write ``source``."""
-    return {("source" if k in {"html", "text"} else k): v for k, v in error.errors.items()}
+    """Name the editor's fields: the service checks ``html``, staff write ``source``.
+
+    A translation's fields (``translations/de/subject``) are the same fields of its tab.
+    """
+    named = {key.rpartition("/")[2]: message for key, message in error.errors.items()}
+    return {("source" if k in {"html", "text"} else k): v for k, v in named.items()}
+
+
+def _version() -> str | None:
+    """The language tab asked for (``?version=de`` or the form's field); None: the main one."""
+    language = request.values.get("version")
+    return language if language in editions.translation_languages() else None
+
+
+def _tabs(campaign: Campaign) -> list[dict]:
+    """One tab per language: the main version (``version`` None) first, then the others."""
+    written = editions.translations_of(campaign)
+    tabs = [{"language": i18n.fallback(), "version": None, "written": True}]
+    for language in editions.translation_languages():
+        tabs.append({"language": language, "version": language, "written": language in written})
+    return tabs
 
 
 def new_campaign():
@@ -44,6 +63,8 @@ def new_campaign():
         source="",
         source_format="markdown",
         formats=editor.FORMATS,
+        main_language=i18n.fallback(),
+        other_languages=editions.translation_languages(),
     )
 
 
@@ -61,6 +82,8 @@ def create_campaign():
             source=source,
             source_format=source_format,
             formats=editor.FORMATS,
+            main_language=i18n.fallback(),
+            other_languages=editions.translation_languages(),
         ), 422
     flash(
         gettext("Draft saved. Check the preview, send yourself a test, then schedule it."),
@@ -70,15 +93,20 @@ def create_campaign():
 
 
 def _campaign_page(campaign: Campaign, status: int = 200, **overrides):
-    source, source_format = editor.source_of(campaign)
+    version = _version()
+    subject, source, source_format = editor.source_of(campaign, version)
     context = {
         "campaign": campaign,
+        "version": version,
+        "version_language": version or i18n.fallback(),
+        "tabs": _tabs(campaign),
+        "translated": version is None or version in editions.translations_of(campaign),
         "progress": progress.progress_of(campaign),
         "editable": campaign.status in campaigns.EDITABLE,
         "cancellable": campaign.status in campaigns.CANCELLABLE,
         "live": campaign.status in progress.LIVE_STATUSES,
         "errors": {},
-        "subject": campaign.subject,
+        "subject": subject,
         "source": source,
         "source_format": source_format,
         "formats": editor.FORMATS,
@@ -105,8 +133,9 @@ def save_campaign(campaign_id: int):
     subject = request.form.get("subject", "")
     source = request.form.get("source", "")
     source_format = request.form.get("source_format", "markdown")
+    version = _version()
     try:
-        editor.save(found.id, subject, source, source_format)
+        editor.save(found.id, subject, source, source_format, version)
     except campaigns.Invalid as exc:
         return _campaign_page(
             found,
@@ -120,12 +149,33 @@ def save_campaign(campaign_id: int):
         flash(str(exc), "alert")
         return redirect(url_for("admin.campaign", campaign_id=campaign_id))
     flash(gettext("Changes saved. The preview shows them."), "notice")
-    return redirect(url_for("admin.campaign", campaign_id=campaign_id) + "#preview")
+    return redirect(_campaign_url(campaign_id, version) + "#preview")
+
+
+def _campaign_url(campaign_id: int, version: str | None) -> str:
+    if version is None:
+        return url_for("admin.campaign", campaign_id=campaign_id)
+    return url_for("admin.campaign", campaign_id=campaign_id, version=version)
+
+
+def remove_version(campaign_id: int):
+    found = campaign_or_404(campaign_id)
+    version = _version()
+    if version is None:
+        abort(404)
+    try:
+        editor.remove_translation(found.id, version)
+    except campaigns.WrongState as exc:
+        flash(str(exc), "alert")
+    else:
+        name = i18n.display_name(version)
+        flash(gettext("Removed the version in %(language)s.", language=name), "notice")
+    return redirect(_campaign_url(found.id, version))
 
 
 def preview(campaign_id: int):
     """The edition as a reader sees it; the campaign page frames it at two widths."""
-    document = editor.preview_document(campaign_or_404(campaign_id))
+    document = editor.preview_document(campaign_or_404(campaign_id), _version())
     response = Response(document, mimetype="text/html")
     response.headers["Content-Security-Policy"] = PREVIEW_CSP
     return response
@@ -133,15 +183,16 @@ def preview(campaign_id: int):
 
 def send_test(campaign_id: int):
     found = campaign_or_404(campaign_id)
+    version = _version()
     try:
-        campaigns.send_test(found.id, g.admin.email)
+        campaigns.send_test(found.id, g.admin.email, version)
     except campaigns.Invalid as exc:
         flash(gettext("The test could not be sent: %(why)s", why=exc), "alert")
     except campaigns.CopyNotSent as exc:
         flash(gettext("%(why)s Please try again later.", why=exc), "alert")
     else:
         flash(gettext("A test copy is on its way to %(email)s.", email=g.admin.email), "notice")
-    return redirect(url_for("admin.campaign", campaign_id=found.id))
+    return redirect(_campaign_url(found.id, version))
 
 
 def schedule(campaign_id: int):
