@@ -149,6 +149,17 @@ def add_readers(count: int) -> list[str]:
     return emails
 
 
+def write_new_edition(page, subject: str, markdown: str) -> int:
+    """Write a new edition in Markdown and save the draft; return its campaign id."""
+    page.get_by_role("link", name="Write a new edition").first.click()
+    page.get_by_label("Subject").fill(subject)
+    page.get_by_label("Written in").select_option("markdown")
+    page.get_by_label("Edition").fill(markdown)
+    page.get_by_role("button", name="Save draft and preview").click()
+    page.wait_for_url(re.compile(r".*/admin/campaigns/\d+$"))
+    return int(page.url.rsplit("/", 1)[1])
+
+
 def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
     app, live_server, worker, watched_page, smtp, shots
 ):
@@ -175,13 +186,7 @@ def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
     shoot(page, shots, "dashboard")
 
     # Write the edition in Markdown.
-    page.get_by_role("link", name="Write a new edition").first.click()
-    page.get_by_label("Subject").fill("December news: viewer 4.2")
-    page.get_by_label("Written in").select_option("markdown")
-    page.get_by_label("Edition").fill(EDITION)
-    page.get_by_role("button", name="Save draft and preview").click()
-    page.wait_for_url(re.compile(r".*/admin/campaigns/\d+$"))
-    campaign_id = int(page.url.rsplit("/", 1)[1])
+    campaign_id = write_new_edition(page, "December news: viewer 4.2", EDITION)
     assert "Draft saved" in page.locator(".flash").inner_text()
 
     # The preview, as a reader sees it, at two widths.
@@ -209,7 +214,7 @@ def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
     assert f"A test copy is on its way to {STAFF}" in page.locator(".flash").inner_text()
     test_copies = smtp.to(STAFF)
     assert len(test_copies) == 1
-    assert test_copies[0].message["Subject"] == "December news: viewer 4.2"
+    assert test_copies[0].message["Subject"] == "[Test] December news: viewer 4.2"
     assert "viewer 4.2" in test_copies[0].text
 
     # Send it now, and watch the bar fill while the worker sends.
