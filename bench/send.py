@@ -10,6 +10,8 @@ For each database and N it creates N subscribers and an edition of about 20 KB H
   * fans the campaign out (timed) and lets 1, then 2 ``python worker.py`` processes send it
     (timed from the end of the fan-out to the campaign being marked sent);
   * samples the peak memory (VmHWM) of every worker process and work horse.
+With ``--bilingual`` every second reader is German and the edition has a German version,
+so each run renders two languages' copies (once each) and picks one per reader.
 The sink is Postfix's ``smtp-sink`` (Debian package ``postfix``); it must run as
 ``-u nobody`` when we are root. This is a benchmark, not a test: it prints a table.
 """
@@ -38,7 +40,14 @@ from sqlalchemy import create_engine, insert, select, text  # noqa: E402
 
 from newsletter import create_app, embedded_redis, sending  # noqa: E402
 from newsletter.extensions import db  # noqa: E402
-from newsletter.models import Campaign, CampaignStatus, ConsentText, Subscriber, utcnow  # noqa: E402
+from newsletter.models import (  # noqa: E402
+    Campaign,
+    CampaignStatus,
+    CampaignTranslation,
+    ConsentText,
+    Subscriber,
+    utcnow,
+)
 
 SINK = "/usr/sbin/smtp-sink"
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://127.0.0.1:5432/sending_bench")
@@ -106,7 +115,10 @@ def postgres_reachable() -> bool:
 class Setup:
     """One database with N subscribers, a Redis and the environment workers share."""
 
-    def __init__(self, database: str, work_dir: Path, redis_url: str, sink_port: int) -> None:
+    def __init__(
+        self, database: str, work_dir: Path, redis_url: str, sink_port: int, bilingual: bool
+    ) -> None:
+        self.bilingual = bilingual
         url = f"sqlite:///{work_dir / 'bench.db'}" if database == "sqlite" else PG_URL
         self.environ = {
             "NEWSLETTER_ENV": "development",
@@ -145,6 +157,7 @@ class Setup:
                     "requested_at": now,
                     "confirmed_at": now,
                     "consent_text_id": consent.id,
+                    "language": "de" if self.bilingual and i % 2 else "en",
                 }
                 for i in range(start, min(n, start + 10_000))
             ]
@@ -155,6 +168,12 @@ class Setup:
     def new_campaign(self) -> int:
         html, body = edition()
         campaign = Campaign(subject="Product news, November", html=html, text=body)
+        if self.bilingual:
+            campaign.translations.append(
+                CampaignTranslation(
+                    language="de", subject="Neues im November", html=html, text=body
+                )
+            )
         db.session.add(campaign)
         db.session.commit()
         return campaign.id
@@ -325,13 +344,14 @@ def bench(
     sink_port: int,
     repeat: int,
     signing: list[str],
+    bilingual: bool = False,
 ) -> list:
     work_dir = Path(tempfile.mkdtemp(prefix="nl-bench-"))
     redis_dir = Path("/tmp") / f"nl-bench-redis-{os.getpid()}"
     redis_url = embedded_redis.ensure_running(redis_dir)
     rows = []
     try:
-        setup = Setup(database, work_dir, redis_url, sink_port)
+        setup = Setup(database, work_dir, redis_url, sink_port, bilingual)
         for n in sizes:
             setup.grow_to(n)
             mail = setup.sample_mail()
@@ -374,6 +394,9 @@ def main() -> None:
         choices=["none", "rsa", "ed25519"],
         help="sign every message with a fresh key of this kind (rsa: 2048 bits)",
     )
+    parser.add_argument(
+        "--bilingual", action="store_true", help="half the readers German, with a German version"
+    )
     args = parser.parse_args()
 
     port = free_port()
@@ -383,7 +406,9 @@ def main() -> None:
         for database in args.db:
             if database == "postgresql" and not postgres_reachable():
                 continue
-            all_rows += bench(database, args.sizes, args.workers, port, args.repeat, args.dkim)
+            all_rows += bench(
+                database, args.sizes, args.workers, port, args.repeat, args.dkim, args.bilingual
+            )
     finally:
         sink.terminate()
         sink.wait()

@@ -50,9 +50,12 @@ def _is_none(value: Any) -> bool:
     return value is None
 
 
-def _may_be_left_out() -> Any:
-    """A request field that may be absent: absent is not null, so the document shows no default."""
-    return Field(None, json_schema_extra=_no_default)
+def _may_be_left_out(schema_extra=_no_default, description: str | None = None) -> Any:
+    """A request field that may be absent: absent is not null, so the document shows no default.
+
+    ``schema_extra`` changes the field's schema further (it must drop the default too).
+    """
+    return Field(None, description=description, json_schema_extra=schema_extra)
 
 
 def _left_out_when_none(description: str | None = None) -> Any:
@@ -192,7 +195,7 @@ TranslationChanges = Annotated[
 class NewCampaign(Version):
     """The main version (in the first language of LANGUAGES) and, optionally, translations."""
 
-    translations: Translations = Field(None, json_schema_extra=_translation_languages)
+    translations: Translations = _may_be_left_out(_translation_languages)
 
 
 class CampaignChanges(Request):
@@ -206,7 +209,7 @@ class CampaignChanges(Request):
     html: Html = _may_be_left_out()
     markdown: Markdown = _may_be_left_out()
     text: Text = _may_be_left_out()
-    translations: TranslationChanges = Field(None, json_schema_extra=_translation_languages)
+    translations: TranslationChanges = _may_be_left_out(_translation_languages)
 
     @model_validator(mode="after")
     def _changes_something(self) -> CampaignChanges:
@@ -226,13 +229,10 @@ class TestSend(Request):
         description="A staff (admin) account's address; any other is refused (422).",
         json_schema_extra={"format": "email"},
     )
-    language: str = Field(
-        None,
-        description=(
-            "A language of LANGUAGES: the copy is that language's version (the main one when "
-            "it has none), framed in that language. Left out: the main version."
-        ),
-        json_schema_extra=_languages,
+    language: str = _may_be_left_out(
+        _languages,
+        "A language of LANGUAGES: the copy is that language's version (the main one when "
+        "it has none), framed in that language. Left out: the main version.",
     )
 
 
