@@ -343,3 +343,23 @@ def test_the_german_admin_area_names_the_tabs_in_german(admin):
     campaign_id = create_from_markdown(admin)
     page = admin.get(f"/admin/campaigns/{campaign_id}?lang=de").get_data(as_text=True)
     assert "Hauptversion" in page and "noch nicht geschrieben" in page
+
+
+def test_a_retried_reader_gets_the_version_of_their_language_too(app, client, api, work, smtp):
+    from newsletter.tick import tick
+    from tests.test_sending import make_due
+
+    app.config["SEND_RETRY_DELAY"] = 60
+    confirm(client, work, smtp, "leser@example.com", headers=GERMAN)
+    smtp.handler.replies["leser@example.com"] = "451 4.3.0 mailbox busy, try later"
+    created = create(api, translations={"de": GERMAN_VERSION})
+    campaigns.schedule(created["id"], "now")
+    work()
+    assert [m for m in smtp.to("leser@example.com") if m.message["List-Id"]] == []
+
+    del smtp.handler.replies["leser@example.com"]
+    make_due(created["id"])
+    tick()  # the periodic tick enqueues the due retry
+    work()
+    [mail] = [m for m in smtp.to("leser@example.com") if m.message["List-Id"]]
+    assert mail.message["Subject"] == "Neues im November" and GERMAN_FRAME in mail.text
