@@ -98,7 +98,11 @@ def _delivery_kind(message: email.message.Message) -> VerdictKind:
 
 
 def _dsn_statuses(message: email.message.Message) -> list[tuple[str, str]]:
-    """(action, status) of every recipient in an RFC 3464 message/delivery-status part."""
+    """(action, status) of every recipient in an RFC 3464 message/delivery-status part.
+
+    The status is the Status field, followed by the Diagnostic-Code when Status says no
+    more than "5.0.0": some MTAs (Exim, Sun's) put the remote's specific code or words there.
+    """
     found = []
     for part in message.walk():
         if part.get_content_type() != "message/delivery-status":
@@ -109,7 +113,10 @@ def _dsn_statuses(message: email.message.Message) -> list[tuple[str, str]]:
         for block in cast(list[email.message.Message], payload):
             action = _ACTION.match(_text(block.get("Action")))
             if action:
-                found.append((action.group(1).lower(), _text(block.get("Status"))))
+                status = _text(block.get("Status"))
+                if _UNSPECIFIC.match(status):
+                    status += " " + _text(block.get("Diagnostic-Code"))
+                found.append((action.group(1).lower(), status))
     return found
 
 
@@ -119,19 +126,42 @@ _ACTION = re.compile(r"^\s*([A-Za-z]+)")
 _FAILED = {"failed", "failure", "error"}
 _FINE = {"delivered", "relayed", "expanded"}
 _STATUS = re.compile(r"^\s*([245])(\.\d{1,3}\.\d{1,3}|\d\d)(?!\d)")
+_UNSPECIFIC = re.compile(r"^\s*[45]\.0\.0(?!\d)")
+# Permanent failures that are not the reader's fault, sorted as at send time
+# (mail/smtp.classify): 5.2.2 mailbox full (RFC 3463: "a persistent transient failure";
+# the bare 552 too, RFC 5321 4.5.3.1.10), 5.7.x a policy or reputation block of our mail,
+# 5.1.7/5.1.8 our own sender address refused. They count as temporary: BOUNCE_SOFT_LIMIT
+# of them on editions in a row erase the reader, one alone never does.
+_NOT_THE_READERS_FAULT = re.compile(r"^\s*(5\.2\.2|5\.7\.\d{1,3}|5\.1\.[78]|552)(?!\d)")
+# After an unspecific 5.0.0: the same codes in the Diagnostic-Code, or a full mailbox in words.
+_NOT_THE_READERS_FAULT_IN_TEXT = re.compile(
+    r"(?<![\d.])(5\.2\.2|5\.7\.\d{1,3}|5\.1\.[78]|552)(?![\d.])"
+    r"|\b(quota|mailbox (is )?full|insufficient (system )?storage|exceeded storage)\b",
+    re.IGNORECASE,
+)
+
+
+def _not_the_readers_fault(status: str) -> bool:
+    """Whether a permanent failure's status says the reader's address is not to blame."""
+    if _UNSPECIFIC.match(status):
+        return _NOT_THE_READERS_FAULT_IN_TEXT.search(status) is not None
+    return _NOT_THE_READERS_FAULT.match(status) is not None
 
 
 def _worst(statuses: list[tuple[str, str]]) -> VerdictKind | None:
     """Permanent if a recipient failed with 5.x.x, temporary if with 4.x.x or delayed.
 
-    Ignore when every recipient was delivered; None when the part says nothing we know.
+    A 5.x.x that is not the reader's fault (mailbox full, a policy block, our sender
+    refused) is temporary. Ignore when every recipient was delivered; None when the part
+    says nothing we know.
     """
     kinds = set()
     for action, status in statuses:
         match = _STATUS.match(status)
         code = match.group(1) if match else ""
         if action in _FAILED:
-            kinds.add(VerdictKind.TEMPORARY if code == "4" else VerdictKind.PERMANENT)
+            temporary = code == "4" or _not_the_readers_fault(status)
+            kinds.add(VerdictKind.TEMPORARY if temporary else VerdictKind.PERMANENT)
         elif action == "delayed":
             kinds.add(VerdictKind.TEMPORARY)
         elif action in _FINE:
