@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import smtplib
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tests.bounce_mail import (
     SAMPLES,
     add_edition,
     add_reader,
+    bounces_read,
     return_path,
     rewritten,
 )
@@ -167,20 +167,11 @@ def test_the_captured_postfix_notice_erases_the_reader_it_names(app):
 def _bounces_read(app, message: bytes) -> subprocess.CompletedProcess:
     """``flask bounces read`` in a real process; the factory line is added by the wiring."""
     environ = {
-        **os.environ,
         "NEWSLETTER_ENV": "testing",
         "NEWSLETTER_INSTANCE": app.instance_path,
         "SECRET_KEY": app.config["SECRET_KEY"],
         "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"].replace("+psycopg", ""),
         "REDIS_URL": app.config["REDIS_URL"],
         "BOUNCE_ADDRESS": BOUNCE_ADDRESS,
-        "PYTHONPATH": str(ROOT),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "newsletter", "bounces", "read"],
-        input=message,
-        env=environ,
-        cwd=str(ROOT),
-        capture_output=True,
-        timeout=120,
-    )
+    return bounces_read(message, environ)

@@ -42,6 +42,7 @@ def signing_app(request, base_environ, migrated, tmp_path):
     app.key_kind, app.key_path = request.param, environ["DKIM_PRIVATE_KEY_FILE"]
     with app.app_context():
         yield app
+        db.session.remove()  # builders read the operator's texts: give the connection back
         db.engine.dispose()
     app.extensions["redis"].close()
 
