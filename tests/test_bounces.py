@@ -364,6 +364,30 @@ def test_a_mailbox_full_on_every_edition_erases_at_the_soft_limit(app):
     assert [db.session.get(Campaign, c).bounced for c in editions] == [0, 0, 1]
 
 
+def test_the_soft_bounce_count_is_shown_and_exported_as_data_we_hold(app, client):
+    """Art. 15: the count is data about the reader; the manage page, export and notice say so."""
+    from newsletter import data_export, tokens
+    from tests.conftest import path_of
+
+    reader = "sometimes.full@example.net"
+    subscriber_id = add_reader(reader)
+    subscriber = db.session.get(Subscriber, subscriber_id)
+    manage = path_of(tokens.manage_url(subscriber))
+    assert 'id="soft-bounces">0 (at 3 in a row' in client.get(manage).text
+    campaign_id = add_edition()
+    bounces.handle(dsn(return_path(campaign_id, subscriber_id), reader, "4.2.2", "delayed"))
+
+    db.session.expire_all()
+    subscriber = db.session.get(Subscriber, subscriber_id)
+    exported = data_export.export_data(subscriber)["soft_bounces"]
+    assert exported == {"in_a_row": 1, "last_edition_id": campaign_id}
+    assert 'id="soft-bounces">1 (at 3 in a row we delete your address)' in client.get(manage).text
+    german = client.get(f"{manage}?lang=de").text
+    assert 'id="soft-bounces">1 (bei 3 in Folge löschen wir Ihre Adresse)' in german
+    assert "your mail server did not take for now" in client.get("/privacy").text
+    assert "nach 3 Ausgaben in Folge löschen wir sie" in client.get("/privacy?lang=de").text
+
+
 def test_a_bounced_confirmation_mail_ends_the_pending_sign_up(app):
     pending_id = add_pending("typo@example.net")
     kept = add_pending("other@example.net")
