@@ -63,6 +63,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "newsletter.logs",
             "newsletter.sanitizer",
             "newsletter.verp",
+            "newsletter.dsn",
             "newsletter.embedded_redis",
             "newsletter.i18n",
         ),
