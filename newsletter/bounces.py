@@ -27,7 +27,7 @@ from redis.exceptions import LockError
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.engine import CursorResult
 
-from newsletter import config, subscriptions
+from newsletter import config, dsn, subscriptions
 from newsletter.extensions import db, get_redis
 from newsletter.models import Campaign, CampaignStatus, PendingSignup, Subscriber
 from newsletter.verp import Tag, TagKind, read_tag, tag_in_address
@@ -83,9 +83,9 @@ def classify(message: bytes) -> Verdict:
 
 
 def _delivery_kind(message: email.message.Message) -> VerdictKind:
-    from_dsn = _worst(_dsn_statuses(message))
+    from_dsn = dsn.worst(dsn.statuses(message))
     if from_dsn is not None:
-        return from_dsn
+        return VerdictKind(from_dsn)
     if _looks_like_vacation(message):
         return VerdictKind.AUTO_REPLY
     recognised = _flufl_failures(message)
@@ -95,51 +95,6 @@ def _delivery_kind(message: email.message.Message) -> VerdictKind:
     if auto_submitted and auto_submitted != "no":  # RFC 3834
         return VerdictKind.AUTO_REPLY
     return VerdictKind.IGNORE
-
-
-def _dsn_statuses(message: email.message.Message) -> list[tuple[str, str]]:
-    """(action, status) of every recipient in an RFC 3464 message/delivery-status part."""
-    found = []
-    for part in message.walk():
-        if part.get_content_type() != "message/delivery-status":
-            continue
-        payload = part.get_payload()
-        if isinstance(payload, str):  # not split into header blocks: parse it ourselves
-            payload = [email.message_from_string(b) for b in re.split(r"\r?\n\r?\n", payload)]
-        for block in cast(list[email.message.Message], payload):
-            action = _ACTION.match(_text(block.get("Action")))
-            if action:
-                found.append((action.group(1).lower(), _text(block.get("Status"))))
-    return found
-
-
-# Action values seen in the wild besides RFC 3464's (failed, delayed, delivered, relayed,
-# expanded), and the status class: 5.x.x, or a bare SMTP code like "553 too big".
-_ACTION = re.compile(r"^\s*([A-Za-z]+)")
-_FAILED = {"failed", "failure", "error"}
-_FINE = {"delivered", "relayed", "expanded"}
-_STATUS = re.compile(r"^\s*([245])(\.\d{1,3}\.\d{1,3}|\d\d)(?!\d)")
-
-
-def _worst(statuses: list[tuple[str, str]]) -> VerdictKind | None:
-    """Permanent if a recipient failed with 5.x.x, temporary if with 4.x.x or delayed.
-
-    Ignore when every recipient was delivered; None when the part says nothing we know.
-    """
-    kinds = set()
-    for action, status in statuses:
-        match = _STATUS.match(status)
-        code = match.group(1) if match else ""
-        if action in _FAILED:
-            kinds.add(VerdictKind.TEMPORARY if code == "4" else VerdictKind.PERMANENT)
-        elif action == "delayed":
-            kinds.add(VerdictKind.TEMPORARY)
-        elif action in _FINE:
-            kinds.add(VerdictKind.IGNORE)
-    for kind in (VerdictKind.PERMANENT, VerdictKind.TEMPORARY, VerdictKind.IGNORE):
-        if kind in kinds:
-            return kind
-    return None
 
 
 def _looks_like_vacation(message: email.message.Message) -> bool:

@@ -49,6 +49,11 @@ def export_data(subscriber: Subscriber) -> dict:
         "confirmed_at": _iso(subscriber.confirmed_at),
         "email_changed_at": _iso(subscriber.email_changed_at),
         "ip_prefix": subscriber.ip_prefix,
+        # Temporary delivery failures on editions in a row (BOUNCE_SOFT_LIMIT of them erase).
+        "soft_bounces": {
+            "in_a_row": subscriber.soft_bounces,
+            "last_edition_id": subscriber.last_soft_bounce_campaign_id,
+        },
         "consent": {
             "language": consent_text.language,
             "version": consent_text.version,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from datetime import timedelta
 from email.utils import formatdate
 from pathlib import Path
@@ -13,6 +16,7 @@ from newsletter.models import Campaign, CampaignStatus, PendingSignup, Subscribe
 
 BOUNCE_ADDRESS = "bounces@news.example.com"
 SAMPLES = Path(__file__).resolve().parent / "data" / "bounces"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def add_reader(email: str) -> int:
@@ -215,3 +219,18 @@ def at_once(app, *calls):
     if errors:
         raise errors[0]
     return results
+
+
+def bounces_read(message: bytes, environ: dict[str, str]) -> subprocess.CompletedProcess:
+    """``flask --app newsletter bounces read`` in a real process, as an MTA's pipe runs it.
+
+    ``environ`` is the service's (DATABASE_URL, SECRET_KEY, BOUNCE_ADDRESS, ...).
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "newsletter", "bounces", "read"],
+        input=message,
+        env={**os.environ, **environ, "PYTHONPATH": str(ROOT)},
+        cwd=str(ROOT),
+        capture_output=True,
+        timeout=120,
+    )

@@ -81,6 +81,15 @@ def smtp_server():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def dovecot():
+    """A throwaway IMAPS server (tests/dovecot.py) for a module's bounce-mailbox tests."""
+    from tests.dovecot import throwaway_dovecot
+
+    with throwaway_dovecot() as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def base_environ(database_url, redis_url, smtp_server, tmp_path_factory):
     """The environment a test app, a subprocess worker or a live server runs with."""

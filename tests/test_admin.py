@@ -284,6 +284,39 @@ def test_dashboard_counts_confirmation_mails_given_up(admin, app, work, smtp):
     assert "nobody.home" not in page
 
 
+def test_dashboard_shows_bounces_and_complaints_this_month_and_per_campaign(admin, app):
+    """Counted by the real bounce handling; counts only, never who."""
+    from newsletter import bounces
+    from tests.bounce_mail import BOUNCE_ADDRESS, add_edition, add_reader, arf, dsn, return_path
+
+    app.config["BOUNCE_ADDRESS"] = BOUNCE_ADDRESS
+    page = admin.get("/admin/").get_data(as_text=True)
+    assert 'id="bounced-this-month">0<' in page and 'id="complaints-this-month">0<' in page
+    db.session.add(Tally(month=_month(1), kind="erased_bounced", count=9))  # not this month
+    db.session.commit()
+    campaign_id = add_edition("September edition")
+    readers = ["gone.one@example.net", "gone.two@example.net", "spam.clicker@example.net"]
+    ids = [add_reader(reader) for reader in readers]
+    for reader, reader_id in zip(readers[:2], ids[:2], strict=True):
+        assert bounces.handle(dsn(return_path(campaign_id, reader_id), reader)).act is (
+            bounces.Act.ERASE_BOUNCED
+        )
+    complaint = arf(return_path(campaign_id, ids[2]), readers[2])
+    assert bounces.handle(complaint).act is bounces.Act.ERASE_COMPLAINT
+
+    page = admin.get("/admin/").get_data(as_text=True)
+    assert re.search(r'id="bounced-this-month" class="warn-text">2<', page)
+    assert re.search(r'id="complaints-this-month" class="warn-text">1<', page)
+    row = re.search(r"September edition</a>.*?</tr>", page, re.S).group(0)
+    assert re.search(r'data-total="bounced">2<', row) and re.search(
+        r'data-total="complaints">1<', row
+    )
+    listing = admin.get("/admin/campaigns").get_data(as_text=True)
+    assert re.search(r'September edition</a>.*?data-total="complaints">1<', listing, re.S)
+    for reader in readers:
+        assert reader.split("@")[0] not in page and reader.split("@")[0] not in listing
+
+
 # --- campaigns -------------------------------------------------------------------------
 
 

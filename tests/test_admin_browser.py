@@ -258,7 +258,8 @@ def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
     # The dashboard lists it with its totals.
     page.get_by_role("link", name="Dashboard").click()
     row = page.locator("table.data tr", has_text="December news: viewer 4.2")
-    assert row.locator("td.num").all_inner_texts() == [str(READERS), str(READERS), "0"]
+    # Recipients, sent, failed, bounced, complaints.
+    assert row.locator("td.num").all_inner_texts() == [str(READERS), str(READERS), "0", "0", "0"]
 
     # A data-subject request by email: look up one exact address, export, delete.
     page.get_by_role("link", name="Data requests").click()

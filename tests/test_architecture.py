@@ -64,6 +64,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "newsletter.logs",
             "newsletter.sanitizer",
             "newsletter.verp",
+            "newsletter.dsn",
             "newsletter.embedded_redis",
             "newsletter.i18n",
         ),

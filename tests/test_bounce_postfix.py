@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import smtplib
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tests.bounce_mail import (
     SAMPLES,
     add_edition,
     add_reader,
+    bounces_read,
     return_path,
     rewritten,
 )
@@ -122,6 +122,36 @@ def test_a_postfix_notice_after_a_451_counts_a_soft_bounce(app, smtp, postfix):
     assert (subscriber.soft_bounces, subscriber.last_soft_bounce_campaign_id) == (1, campaign_id)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        ("552 5.2.2 Mailbox full, over quota", b"Status: 5.2.2"),
+        ("554 5.7.1 Message refused by policy: client host blocked", b"Status: 5.7.1"),
+    ],
+)
+def test_a_postfix_notice_of_a_full_mailbox_or_a_policy_block_is_a_soft_bounce(
+    app, smtp, postfix, reply, status
+):
+    """Permanent for Postfix, but not the reader's fault: counted, nobody erased."""
+    reader_id = add_reader("reader@example.net")
+    campaign_id = add_edition()
+    smtp.handler.rcpt_replies["full@soft.example.net"] = reply
+    notice = _send_edition_and_catch_the_notice(
+        app, smtp, postfix, "full@soft.example.net", reader_id, campaign_id
+    )
+    assert b"Action: failed" in notice and status in notice
+
+    result = _bounces_read(app, notice)
+
+    assert result.returncode == 0, result.stderr
+    assert f"count_soft_bounce subscriber {reader_id}" in result.stdout.decode()
+    db.session.expire_all()
+    subscriber = db.session.get(Subscriber, reader_id)
+    assert subscriber is not None and subscriber.soft_bounces == 1
+    assert db.session.get(Campaign, campaign_id).bounced == 0
+
+
 def test_the_captured_postfix_notice_erases_the_reader_it_names(app):
     """The committed capture, readdressed to a VERP address of this test's reader."""
     reader_id = add_reader("captured@example.net")
@@ -137,20 +167,11 @@ def test_the_captured_postfix_notice_erases_the_reader_it_names(app):
 def _bounces_read(app, message: bytes) -> subprocess.CompletedProcess:
     """``flask bounces read`` in a real process; the factory line is added by the wiring."""
     environ = {
-        **os.environ,
         "NEWSLETTER_ENV": "testing",
         "NEWSLETTER_INSTANCE": app.instance_path,
         "SECRET_KEY": app.config["SECRET_KEY"],
         "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"].replace("+psycopg", ""),
         "REDIS_URL": app.config["REDIS_URL"],
         "BOUNCE_ADDRESS": BOUNCE_ADDRESS,
-        "PYTHONPATH": str(ROOT),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "newsletter", "bounces", "read"],
-        input=message,
-        env=environ,
-        cwd=str(ROOT),
-        capture_output=True,
-        timeout=120,
-    )
+    return bounces_read(message, environ)

@@ -118,7 +118,7 @@ def test_the_tag_is_read_back_from_a_verp_address_in_any_case(app):
 
 # file, the address it reports as failing, the class we expect
 SAMPLE_CLASSES = [
-    ("dsn_01.txt", [b"userx@example.com"], "permanent"),
+    ("dsn_01.txt", [b"userx@example.com"], "temporary"),  # 5.0.0 (recipient reached disk quota)
     ("dsn_04.txt", [b"userx@example.ch"], "permanent"),
     ("dsn_12.txt", [b"userx@example.jp"], "permanent"),  # Action: failed (comment)
     ("dsn_18.txt", [b"email@replaced.net"], "permanent"),  # Action: error
@@ -292,6 +292,100 @@ def test_an_edition_that_came_back_clean_starts_the_count_again(app):
     assert soft(editions[3]).why == "1 in a row"
     assert soft(editions[4]).why == "2 in a row"
     assert db.session.get(Subscriber, subscriber_id) is not None
+
+
+# Permanent failures that are not the reader's fault count as soft bounces, as at send
+# time (mail/smtp.classify: a full mailbox is FAILED, a policy block BLOCKED, our sender
+# refused SENDER; none of them erases). Status, Diagnostic-Code as real MTAs write them.
+NOT_THE_READERS_FAULT = [
+    ("5.2.2", "smtp; 552 5.2.2 <{failed}>: Recipient address rejected: Mailbox full"),
+    ("5.2.2", "smtp; 552-5.2.2 The email account that you tried to reach is over quota."),
+    ("5.7.1", "smtp; 554 5.7.1 Service unavailable; Client host [192.0.2.7] blocked"),
+    ("5.7.26", "smtp; 550-5.7.26 Unauthenticated email from example.com is not accepted"),
+    ("5.7.606", "smtp; 550 5.7.606 Access denied, banned sending IP [192.0.2.7]"),
+    ("5.1.8", "smtp; 553 5.1.8 <bounces@news.example.com>: Sender address rejected"),
+    ("5.0.0", "smtp; 552 5.2.2 Mailbox full"),  # Exim: the remote's code only here
+    ("5.0.0 (recipient reached disk quota)", "X-Unix; over quota"),
+    ("552", "smtp; 552 Requested mail action aborted: exceeded storage allocation"),
+]
+READERS_FAULT = [
+    ("5.1.1", "smtp; 550 5.1.1 <{failed}>: Recipient address rejected: User unknown"),
+    ("5.1.10", "smtp; 550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found"),
+    ("5.0.0", "smtp; 550 5.1.1 <{failed}>: User unknown"),
+    ("5.2.1", "smtp; 550 5.2.1 The email account that you tried to reach is disabled"),
+    ("5.4.4", "smtp; 550 5.4.4 Unable to route: no mail hosts for domain"),
+]
+
+
+def _failed_notice(status: str, diagnostic: str) -> tuple[int, int, bytes]:
+    """A reader, an edition, and a failed-delivery notice about it: (reader, edition, DSN)."""
+    reader = "full.blocked.or.gone@example.net"
+    subscriber_id, campaign_id = add_reader(reader), add_edition()
+    notice = dsn(return_path(campaign_id, subscriber_id), reader, status, "failed", diagnostic)
+    return subscriber_id, campaign_id, notice
+
+
+@pytest.mark.parametrize(("status", "diagnostic"), NOT_THE_READERS_FAULT)
+def test_a_full_mailbox_or_a_policy_block_is_a_soft_bounce_not_an_erasure(app, status, diagnostic):
+    subscriber_id, campaign_id, notice = _failed_notice(status, diagnostic)
+
+    assert bounces.classify(notice).kind is bounces.VerdictKind.TEMPORARY
+    outcome = bounces.handle(notice)
+
+    assert (outcome.act, outcome.why) == (bounces.Act.COUNT_SOFT_BOUNCE, "1 in a row")
+    subscriber = db.session.get(Subscriber, subscriber_id)
+    assert subscriber is not None and subscriber.soft_bounces == 1
+    assert db.session.get(Campaign, campaign_id).bounced == 0
+    assert db.session.scalar(select(Tally.count).where(Tally.kind == "erased_bounced")) is None
+
+
+@pytest.mark.parametrize(("status", "diagnostic"), READERS_FAULT)
+def test_an_address_that_is_gone_is_a_permanent_bounce(app, status, diagnostic):
+    subscriber_id, campaign_id, notice = _failed_notice(status, diagnostic)
+    assert bounces.classify(notice).kind is bounces.VerdictKind.PERMANENT
+    assert bounces.handle(notice).act is bounces.Act.ERASE_BOUNCED
+    assert db.session.get(Subscriber, subscriber_id) is None
+    assert db.session.get(Campaign, campaign_id).bounced == 1
+
+
+def test_a_mailbox_full_on_every_edition_erases_at_the_soft_limit(app):
+    reader = "always.full@example.net"
+    subscriber_id = add_reader(reader)
+    editions = [add_edition(f"E{n}", started_days_ago=90 - 30 * n) for n in range(3)]
+    diagnostic = "smtp; 552 5.2.2 <{failed}>: Mailbox full"
+    acts = [
+        bounces.handle(dsn(return_path(c, subscriber_id), reader, "5.2.2", "failed", diagnostic))
+        for c in editions
+    ]
+    assert [a.act for a in acts] == [bounces.Act.COUNT_SOFT_BOUNCE] * 2 + [
+        bounces.Act.ERASE_BOUNCED
+    ]
+    assert db.session.get(Subscriber, subscriber_id) is None
+    assert [db.session.get(Campaign, c).bounced for c in editions] == [0, 0, 1]
+
+
+def test_the_soft_bounce_count_is_shown_and_exported_as_data_we_hold(app, client):
+    """Art. 15: the count is data about the reader; the manage page, export and notice say so."""
+    from newsletter import data_export, tokens
+    from tests.conftest import path_of
+
+    reader = "sometimes.full@example.net"
+    subscriber_id = add_reader(reader)
+    subscriber = db.session.get(Subscriber, subscriber_id)
+    manage = path_of(tokens.manage_url(subscriber))
+    assert 'id="soft-bounces">0 (at 3 in a row' in client.get(manage).text
+    campaign_id = add_edition()
+    bounces.handle(dsn(return_path(campaign_id, subscriber_id), reader, "4.2.2", "delayed"))
+
+    db.session.expire_all()
+    subscriber = db.session.get(Subscriber, subscriber_id)
+    exported = data_export.export_data(subscriber)["soft_bounces"]
+    assert exported == {"in_a_row": 1, "last_edition_id": campaign_id}
+    assert 'id="soft-bounces">1 (at 3 in a row we delete your address)' in client.get(manage).text
+    german = client.get(f"{manage}?lang=de").text
+    assert 'id="soft-bounces">1 (bei 3 in Folge löschen wir Ihre Adresse)' in german
+    assert "your mail server did not take for now" in client.get("/privacy").text
+    assert "nach 3 Ausgaben in Folge löschen wir sie" in client.get("/privacy?lang=de").text
 
 
 def test_a_bounced_confirmation_mail_ends_the_pending_sign_up(app):

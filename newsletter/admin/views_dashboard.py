@@ -1,4 +1,4 @@
-"""The dashboard: subscriber counts by month, the next slot, recent campaigns."""
+"""The dashboard: subscriber counts by month, bounces and complaints, the next slot, campaigns."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def dashboard():
         history=stats.history(DASHBOARD_MONTHS),
         # Confirmation mails given up this month: the receiving server refused them.
         failed_confirmations=stats.this_month(subscriptions.CONFIRMATION_FAILED),
+        # Readers erased this month because their mail bounced, or because they complained.
+        bounced=stats.this_month("erased_bounced"),
+        complaints=stats.this_month("erased_complaint"),
         next_slot=next_slot,
         slot_rule=str(times.slot()),
         slot_campaign=progress.scheduled_for(next_slot),
