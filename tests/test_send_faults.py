@@ -41,13 +41,16 @@ def app_config():
 
 @pytest.fixture
 def workers(base_environ, tmp_path):
-    """Start ``python worker.py`` processes; whatever is left is killed at the end."""
+    """Start ``python worker.py`` processes; whatever is left is killed at the end.
+
+    ``prefix`` goes before the command, e.g. ``ip netns exec NAME`` to run it elsewhere.
+    """
     started: list[subprocess.Popen] = []
 
-    def start(*args, **env):
+    def start(*args, prefix=(), **env):
         log = open(tmp_path / f"worker-{len(started)}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py"), *args],
+            [*prefix, sys.executable, str(ROOT / "worker.py"), *args],
             env={**os.environ, **base_environ, **WORKER_ENV, **env, "PYTHONPATH": str(ROOT)},
             cwd=str(ROOT),
             stdout=log,
