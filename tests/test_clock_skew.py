@@ -22,7 +22,7 @@ from newsletter import db_clock, sending
 from newsletter.extensions import db
 from newsletter.models import BatchStatus, Campaign, CampaignStatus, SendBatch, Subscriber, utcnow
 from tests import test_send_faults
-from tests.conftest import csrf_token, link_in, path_of, run_worker_process
+from tests.conftest import csrf_token, link_in, path_of, post_signup, run_worker_process
 from tests.test_outages import log_of
 from tests.test_send_faults import WORKER_ENV, status, wait_until
 from tests.test_sending import add_campaign, add_subscribers, address, copies_per_recipient
@@ -149,14 +149,7 @@ def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease_and_starts_nothing_
 def test_a_link_signed_by_a_worker_whose_clock_runs_ahead_opens_at_once(
     app, client, smtp, base_environ, clock_ahead
 ):
-    response = client.post(
-        "/subscribe",
-        data={
-            "email": "ahead.reader@example.com",
-            "consent": "yes",
-            "csrf_token": csrf_token(client),
-        },
-    )
+    response = post_signup(client, "ahead.reader@example.com")
     assert response.status_code == 200
     db.session.remove()
     result = run_worker_process(base_environ, "--burst", **clock_ahead)
