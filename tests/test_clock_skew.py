@@ -24,14 +24,19 @@ from newsletter.models import BatchStatus, Campaign, CampaignStatus, SendBatch, 
 from tests import test_send_faults
 from tests.conftest import csrf_token, link_in, path_of, post_signup, run_worker_process
 from tests.test_outages import log_of
-from tests.test_send_faults import WORKER_ENV, status, wait_until
+from tests.test_send_faults import WORKER_ENV, assert_rate_holds_across, status, wait_until
 from tests.test_sending import add_campaign, add_subscribers, address, copies_per_recipient
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 SKEW = timedelta(minutes=5)
 # The clock, not the monotonic clock: a faked monotonic clock makes Python's timed waits
 # (threading, RQ's loop) sleep for years.
-AHEAD = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": "+5m", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+AHEAD = {
+    "LD_PRELOAD": str(LIBFAKETIME),
+    "FAKETIME": "+5m",
+    "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    "PYTHONPATH": str(Path(__file__).parent / "faketime"),  # its time.sleep; see there
+}
 workers = test_send_faults.workers  # the fixture: ``python worker.py`` processes, killed after
 TICK_JOB = re.compile(r"\btick-(\d+)\b")
 
@@ -48,7 +53,7 @@ def clock_ahead_environ() -> dict[str, str]:
             f"clock skew tests skipped: {LIBFAKETIME} is missing (apt-get install faketime)"
         )
     probe = subprocess.run(
-        [sys.executable, "-c", "import time; print(time.time())"],
+        [sys.executable, "-c", "import time; time.sleep(0.01); print(time.time())"],
         env={"PATH": "/usr/bin:/bin", **AHEAD},
         capture_output=True,
         text=True,
@@ -160,3 +165,14 @@ def test_a_link_signed_by_a_worker_whose_clock_runs_ahead_opens_at_once(
     response = client.post(confirm_path, data={"csrf_token": csrf_token(client, confirm_path)})
     assert response.status_code == 200
     assert db.session.scalar(select(Subscriber.email)) == "ahead.reader@example.com"
+
+
+def test_send_rate_holds_across_two_workers_whose_clocks_disagree(app, smtp, workers, clock_ahead):
+    """The rate's windows are Redis's clock: by their own, each would get the whole rate."""
+    assert_rate_holds_across(
+        smtp,
+        lambda: [
+            workers("--burst", SEND_RATE="10"),
+            workers("--burst", SEND_RATE="10", **clock_ahead),
+        ],
+    )
