@@ -172,7 +172,7 @@ def _store_subscriber(pending) -> None:
         Subscriber(
             email=pending.email,
             requested_at=pending.requested_at,
-            confirmed_at=utcnow(),
+            confirmed_at=db_clock.now(),  # the proof of consent: one clock for both times
             consent_text_id=pending.consent_text_id,
             language=pending.language,
             ip_prefix=pending.ip_prefix,
@@ -190,7 +190,7 @@ def _apply_address_change(subscriber_id: int | None, email: str) -> None:
     db.session.execute(
         update(Subscriber)
         .where(Subscriber.id == subscriber_id)
-        .values(email=email, email_changed_at=utcnow())
+        .values(email=email, email_changed_at=db_clock.now())
         .execution_options(synchronize_session=False)
     )
 
