@@ -16,7 +16,7 @@ import redis
 from flask import current_app
 from sqlalchemy import func, select
 
-from newsletter import addresses, campaign_status, editions, i18n, sanitizer, sending
+from newsletter import addresses, campaign_status, db_clock, editions, i18n, sanitizer, sending
 from newsletter.editions import CampaignError, Invalid
 from newsletter.extensions import db
 from newsletter.mail import builders, smtp
@@ -26,7 +26,6 @@ from newsletter.models import (
     Campaign,
     CampaignStatus,
     SendBatch,
-    utcnow,
 )
 from newsletter.slots import MonthlySlot
 from newsletter.stats import audience
@@ -178,7 +177,7 @@ def update(
 def next_slot(after: datetime | None = None) -> datetime:
     """Return the next MONTHLY_SLOT after ``after`` (default: now), in UTC."""
     slot = MonthlySlot.parse(current_app.config["MONTHLY_SLOT"])
-    return slot.next_after(after or utcnow())
+    return slot.next_after(after or db_clock.read())
 
 
 def _never_started(campaign: Campaign) -> bool:
@@ -216,9 +215,10 @@ def schedule_and_start(
     Returns the campaign and a note for staff (``QUEUE_DOWN_NOTE``) when the start could
     not be queued: the database is the scheduler, so the periodic tick starts it later.
     A paused campaign that never started (it was found overdue) may be scheduled again;
-    one paused mid-send continues with ``resume`` instead.
+    one paused mid-send continues with ``resume`` instead. "Now" and "past" are the
+    database's time, the clock the tick judges due campaigns by.
     """
-    now = utcnow()
+    now = db_clock.read()
     if send_at is None:
         when = next_slot(now)
     elif send_at == "now":
@@ -251,7 +251,7 @@ def schedule_and_start(
         status_reason=None,
     )
     log.info("campaign %s scheduled for %s", campaign_id, when.isoformat())
-    if when <= utcnow() and not _start_now(campaign_id):
+    if when <= now and not _start_now(campaign_id):
         return campaign, QUEUE_DOWN_NOTE
     return campaign, None
 

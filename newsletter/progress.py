@@ -6,9 +6,9 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from newsletter import campaigns
+from newsletter import campaigns, db_clock
 from newsletter.extensions import db
-from newsletter.models import Campaign, CampaignStatus, utcnow
+from newsletter.models import Campaign, CampaignStatus
 
 # Statuses in which a campaign may still send: the progress bar keeps updating.
 LIVE_STATUSES = (CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED)
@@ -36,7 +36,7 @@ def progress_of(campaign: Campaign) -> dict:
         "percent": percent,
         "finished": campaign.status not in LIVE_STATUSES,
         "seconds_to_send": (
-            max(0, int((campaign.send_at - utcnow()).total_seconds()))
+            max(0, int((campaign.send_at - db_clock.read()).total_seconds()))
             if campaign.status == CampaignStatus.SCHEDULED and campaign.send_at is not None
             else 0
         ),

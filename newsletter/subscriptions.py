@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import timedelta
 from typing import cast
 
 from flask import current_app
@@ -19,7 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from newsletter import addresses, consent, i18n, stats, tokens, verp
+from newsletter import addresses, consent, db_clock, i18n, stats, tokens, verp
 from newsletter.erasure import erase, erase_traces
 from newsletter.extensions import db
 from newsletter.mail import builders, smtp
@@ -89,7 +88,7 @@ def _upsert_pending(
         pending.language = language
         pending.ip_prefix = ip
         pending.subscriber_id = subscriber_id
-        pending.requested_at = utcnow()
+        pending.requested_at = db_clock.now()  # expiry is judged by the database's clock
         pending.mail_sent_at = None
         try:
             db.session.commit()
@@ -173,7 +172,7 @@ def _store_subscriber(pending) -> None:
         Subscriber(
             email=pending.email,
             requested_at=pending.requested_at,
-            confirmed_at=utcnow(),
+            confirmed_at=db_clock.now(),  # the proof of consent: one clock for both times
             consent_text_id=pending.consent_text_id,
             language=pending.language,
             ip_prefix=pending.ip_prefix,
@@ -191,14 +190,14 @@ def _apply_address_change(subscriber_id: int | None, email: str) -> None:
     db.session.execute(
         update(Subscriber)
         .where(Subscriber.id == subscriber_id)
-        .values(email=email, email_changed_at=utcnow())
+        .values(email=email, email_changed_at=db_clock.now())
         .execution_options(synchronize_session=False)
     )
 
 
 def purge_expired() -> None:
     """Delete unconfirmed sign-ups older than CONFIRM_MAX_AGE (a tick task)."""
-    cutoff = utcnow() - timedelta(seconds=current_app.config["CONFIRM_MAX_AGE"])
+    cutoff = db_clock.now(-current_app.config["CONFIRM_MAX_AGE"])
     result = db.session.execute(delete(PendingSignup).where(PendingSignup.requested_at < cutoff))
     db.session.commit()
     if result.rowcount:
@@ -409,7 +408,7 @@ def _give_up_confirmation(pending: PendingSignup, code: int) -> None:
 
 def requeue_unsent_confirmations() -> None:
     """Re-enqueue confirmation mails whose job was lost, e.g. Redis was emptied (a tick task)."""
-    grace = utcnow() - timedelta(seconds=30)
+    grace = db_clock.now(-30)
     ids = db.session.scalars(
         select(PendingSignup.id).where(
             PendingSignup.mail_sent_at.is_(None), PendingSignup.requested_at < grace

@@ -11,8 +11,16 @@ import hashlib
 import hmac
 
 from flask import current_app
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import (
+    BadSignature,
+    SignatureExpired,
+    TimestampSigner,
+    URLSafeSerializer,
+    URLSafeTimedSerializer,
+)
 from itsdangerous.signer import Signer
+
+from newsletter import db_clock
 
 
 class Purpose(enum.StrEnum):
@@ -40,10 +48,19 @@ def _keys() -> list[str]:
     return [*(config.get("SECRET_KEY_FALLBACKS") or []), config["SECRET_KEY"]]
 
 
+class _DatabaseTimeSigner(TimestampSigner):
+    """Timestamps from the database's clock: a worker whose clock runs ahead signs the
+    confirmation link, a web host checks its age; by their own clocks the link would be
+    refused as made in the future (or expire early on a host whose clock is behind)."""
+
+    def get_timestamp(self) -> int:
+        return int(db_clock.read().timestamp())
+
+
 def _serializer(purpose: Purpose) -> URLSafeSerializer:
     salt = f"newsletter-{purpose.value}"
     if purpose in _MAX_AGE_SETTING:
-        return URLSafeTimedSerializer(_keys(), salt=salt)
+        return URLSafeTimedSerializer(_keys(), salt=salt, signer=_DatabaseTimeSigner)
     return URLSafeSerializer(_keys(), salt=salt)
 
 

@@ -215,9 +215,14 @@ def work(app):
     return lambda **kwargs: run_jobs(app, **kwargs)
 
 
+def python_path(env: dict) -> str:
+    """The project first on a subprocess's path, after any folder ``env`` names."""
+    return os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
+
+
 def run_worker_process(base_environ, *args, timeout=120, **env) -> subprocess.CompletedProcess:
     """Run ``python worker.py`` (a forking RQ worker) as a real subprocess."""
-    environ = {**os.environ, **base_environ, **env, "PYTHONPATH": str(ROOT)}
+    environ = {**os.environ, **base_environ, **env, "PYTHONPATH": python_path(env)}
     return subprocess.run(
         [sys.executable, str(ROOT / "worker.py"), *args],
         env=environ,

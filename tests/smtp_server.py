@@ -114,14 +114,15 @@ class CaptureHandler:
 
 
 class SmtpServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         with socket.socket() as probe:  # aiosmtpd 1.4 cannot bind port 0 itself
-            probe.bind(("127.0.0.1", 0))
+            probe.bind((host, 0))
             self.port = probe.getsockname()[1]
+        self.host = host
         self.handler = CaptureHandler()
         self.controller = Controller(
             self.handler,
-            hostname="127.0.0.1",
+            hostname=host,
             port=self.port,
             auth_require_tls=False,
             authenticator=self.handler.authenticate,

@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "newsletter.stats",
             "newsletter.queue",
             "newsletter.models",
+            "newsletter.db_clock",
             "newsletter.extensions",
             "newsletter.config",
             "newsletter.tokens",

@@ -58,9 +58,9 @@ ANY_NOTICE = re.compile(r"ConnectionError|Connection refused|retrying in|startin
 SCHEDULER_DIED = re.compile(r"Scheduler \[PID \d+\] raised an exception")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return probe.getsockname()[1]
 
 
@@ -69,23 +69,25 @@ def log_of(process: subprocess.Popen) -> str:
 
 
 class RedisServer:
-    """A ``redis-server`` on a loopback port that keeps nothing on disk."""
+    """A ``redis-server`` on a loopback port (or ``host``) that keeps nothing on disk."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, host: str = "127.0.0.1") -> None:
         self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.host = host
+        self.port = free_port(host)
+        self.url = f"redis://{host}:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         with open(self.folder / "redis.log", "a") as log:
             self.process = subprocess.Popen(
-                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+                [REDIS_SERVER, "--port", str(self.port), "--bind", self.host]
+                + ["--protected-mode", "no"]
                 + ["--save", "", "--appendonly", "no", "--dir", str(self.folder)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=1)
         try:
             wait_until(lambda: self._answers(client), 10, "redis-server to answer")
         finally:
@@ -209,13 +211,19 @@ def test_worker_started_without_redis_waits_for_it_and_stops_on_sigterm(redis_se
 
 
 class PostgresCluster:
-    """A throwaway PostgreSQL cluster on a loopback port, run as the postgres user."""
+    """A throwaway PostgreSQL cluster on a loopback port, run as the postgres user.
 
-    def __init__(self) -> None:
+    ``host`` is the address it listens on; ``trusted`` a network (besides loopback) whose
+    clients it lets in without a password.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", trusted: str | None = None) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="nl-pg-"))  # in /tmp: postgres may enter
         self.data = self.folder / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.host = host
+        self.trusted = trusted
+        self.port = free_port(host)
+        self.url = f"postgresql://postgres@{host}:{self.port}/postgres"
         self.as_owner: list[str] = []
         if os.geteuid() == 0:  # initdb and postgres refuse to run as root
             shutil.chown(self.folder, "postgres", "postgres")
@@ -233,9 +241,12 @@ class PostgresCluster:
     def create(self) -> None:
         # trust: it listens on loopback only and lives for one test
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        if self.trusted:
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {self.trusted} trust\n")
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses={self.host} -c fsync=off"
         log = str(self.folder / "server.log")
         self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
 

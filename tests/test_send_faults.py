@@ -19,7 +19,7 @@ from sqlalchemy import select
 from newsletter import campaigns, sending, tokens
 from newsletter.extensions import db, get_redis
 from newsletter.models import CampaignStatus, SendBatch, Subscriber
-from tests.conftest import ROOT, path_of
+from tests.conftest import ROOT, path_of, python_path
 from tests.test_sending import (
     add_campaign,
     add_subscribers,
@@ -41,14 +41,17 @@ def app_config():
 
 @pytest.fixture
 def workers(base_environ, tmp_path):
-    """Start ``python worker.py`` processes; whatever is left is killed at the end."""
+    """Start ``python worker.py`` processes; whatever is left is killed at the end.
+
+    ``prefix`` goes before the command, e.g. ``ip netns exec NAME`` to run it elsewhere.
+    """
     started: list[subprocess.Popen] = []
 
-    def start(*args, **env):
+    def start(*args, prefix=(), **env):
         log = open(tmp_path / f"worker-{len(started)}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py"), *args],
-            env={**os.environ, **base_environ, **WORKER_ENV, **env, "PYTHONPATH": str(ROOT)},
+            [*prefix, sys.executable, str(ROOT / "worker.py"), *args],
+            env={**os.environ, **base_environ, **WORKER_ENV, **env, "PYTHONPATH": python_path(env)},
             cwd=str(ROOT),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -221,13 +224,18 @@ def test_redis_emptied_mid_send_is_recovered(app, smtp, workers):
 
 
 def test_send_rate_holds_across_two_workers(app, smtp, workers):
-    rate = 10
+    assert_rate_holds_across(smtp, lambda: [workers("--burst", SEND_RATE="10") for _ in range(2)])
+
+
+def assert_rate_holds_across(smtp, start_pair) -> None:
+    """Two workers that ``start_pair`` starts with SEND_RATE=10 send no faster than that."""
     add_subscribers(40)
     campaign_id = add_campaign()
     sending.start(campaign_id)
     assert len(db.session.scalars(select(SendBatch.id)).all()) == 4
 
-    pair = [workers("--burst", SEND_RATE=str(rate)) for _ in range(2)]
+    pair = start_pair()
+
     wait_until(lambda: len(smtp.messages) >= 1, 60, "the first message")
     first = time.monotonic()
     wait_until(lambda: len(smtp.messages) >= 40, 60, "all messages")

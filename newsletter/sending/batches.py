@@ -13,15 +13,15 @@ import logging
 import os
 import secrets
 import socket
-from datetime import timedelta
 
 from sqlalchemy import and_, bindparam, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from newsletter import db_clock
 from newsletter.extensions import db
 from newsletter.mail import smtp
-from newsletter.models import BatchStatus, CampaignStatus, utcnow
+from newsletter.models import BatchStatus, CampaignStatus
 from newsletter.queue import job
 from newsletter.sending import policy
 from newsletter.sending.run import PAGE_SIZE, Run, Stop, erase_undeliverable, lease_until
@@ -39,14 +39,16 @@ def _owner() -> str:
 def send_batch(batch_id: int) -> None:
     """Send one batch, resuming after its cursor; exit quietly when it is not ours to send."""
     owner = _owner()
-    now = utcnow()
     claimed = db.session.execute(
         update(batch_table)
         .where(
             batch_table.c.id == batch_id,
             or_(
                 batch_table.c.status == BatchStatus.QUEUED,
-                and_(batch_table.c.status == BatchStatus.RUNNING, batch_table.c.lease_until < now),
+                and_(
+                    batch_table.c.status == BatchStatus.RUNNING,
+                    batch_table.c.lease_until < db_clock.now(),
+                ),
             ),
             exists().where(
                 campaign_table.c.id == batch_table.c.campaign_id,
@@ -89,7 +91,7 @@ class BatchRun(Run):
                 sent=batch_table.c.sent + bindparam("add_sent"),
                 failed=batch_table.c.failed + bindparam("add_failed"),
                 unknown=batch_table.c.unknown + bindparam("add_unknown"),
-                lease_until=bindparam("until"),
+                lease_until=lease_until(),
             )
         )
         self._page = (
@@ -181,7 +183,6 @@ class BatchRun(Run):
                 "add_sent": sent,
                 "add_failed": failed,
                 "add_unknown": unknown,
-                "until": lease_until(),
             },
         )
         self.db.commit()
@@ -210,7 +211,7 @@ class BatchRun(Run):
             .values(
                 status=BatchStatus.QUEUED,
                 lease_owner=None,
-                lease_until=utcnow() + timedelta(seconds=delay) if delay else None,
+                lease_until=db_clock.now(delay) if delay else None,
             )
         )
         self.db.commit()

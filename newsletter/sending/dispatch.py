@@ -15,9 +15,9 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 
-from newsletter import campaign_status
+from newsletter import campaign_status, db_clock
 from newsletter.extensions import db
-from newsletter.models import BatchStatus, Campaign, CampaignStatus, utcnow
+from newsletter.models import BatchStatus, Campaign, CampaignStatus
 from newsletter.queue import enqueue, enqueue_new, job
 from newsletter.sending.batches import send_batch
 from newsletter.sending.pacing import batch_timeout
@@ -32,16 +32,21 @@ def _requeue_grace() -> timedelta:
     return timedelta(seconds=current_app.config["TICK_INTERVAL"])
 
 
+def _overdue():
+    """Scheduled before this, by the database's clock, a campaign waits for a person."""
+    return Campaign.send_at < db_clock.now(-current_app.config["OVERDUE_LIMIT"])
+
+
 def start_due_campaigns() -> None:
     """Start every scheduled campaign whose time has come; pause long-overdue ones."""
     due = db.session.execute(
-        select(Campaign.id, Campaign.send_at)
-        .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= utcnow())
+        select(Campaign.id, _overdue())
+        .where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= db_clock.now())
         .order_by(Campaign.send_at)
     ).all()
     db.session.rollback()
-    for campaign_id, send_at in due:
-        _start_or_pause(campaign_id, send_at)
+    for campaign_id, overdue in due:
+        _start_or_pause(campaign_id, overdue)
 
 
 def enqueue_start(campaign_id: int) -> None:
@@ -55,27 +60,26 @@ def enqueue_start(campaign_id: int) -> None:
 @job
 def start_campaign(campaign_id: int) -> None:
     """Start one campaign if it is due, as the tick would (and pause it if long overdue)."""
-    send_at = db.session.scalar(
-        select(Campaign.send_at).where(
+    overdue = db.session.scalar(
+        select(_overdue()).where(
             Campaign.id == campaign_id,
             Campaign.status == CampaignStatus.SCHEDULED,
-            Campaign.send_at <= utcnow(),
+            Campaign.send_at <= db_clock.now(),
         )
     )
     db.session.rollback()
-    if send_at is not None:
-        _start_or_pause(campaign_id, send_at)
+    if overdue is not None:
+        _start_or_pause(campaign_id, overdue)
 
 
-def _start_or_pause(campaign_id: int, send_at) -> None:
-    overdue = utcnow() - timedelta(seconds=current_app.config["OVERDUE_LIMIT"])
-    if send_at < overdue:
-        _pause_overdue(campaign_id, overdue)
+def _start_or_pause(campaign_id: int, overdue: bool) -> None:
+    if overdue:
+        _pause_overdue(campaign_id)
     else:
         start(campaign_id)
 
 
-def _pause_overdue(campaign_id: int, overdue) -> None:
+def _pause_overdue(campaign_id: int) -> None:
     reason = (
         "Not sent: the service was not running at the scheduled time, and sending this late "
         "needs a person's decision. Resume to send now, or schedule a new time."
@@ -83,7 +87,7 @@ def _pause_overdue(campaign_id: int, overdue) -> None:
     paused = campaign_status.change(
         campaign_id,
         (CampaignStatus.SCHEDULED,),
-        campaign_table.c.send_at < overdue,
+        _overdue(),
         to=CampaignStatus.PAUSED,
         status_reason=reason,
     )
@@ -96,9 +100,10 @@ def start(campaign_id: int) -> bool:
     """Move a due campaign to sending and fan it out into batch jobs, once.
 
     The conditional UPDATE lets only one caller through; the batches are committed in
-    the same transaction, then enqueued.
+    the same transaction, then enqueued. Due, started and the first leases are the
+    database's time.
     """
-    now = utcnow()
+    now = db_clock.read()
     claimed = campaign_status.change(
         campaign_id,
         (CampaignStatus.SCHEDULED,),
@@ -211,7 +216,7 @@ def recover_batches() -> None:
     That is a queued batch whose job may be lost (Redis emptied) and a running batch whose
     lease ran out (its worker was killed). A job that still waits is not duplicated.
     """
-    now = utcnow()
+    now = db_clock.now()
     orphans = db.session.execute(
         select(batch_table.c.id, batch_table.c.attempts)
         .join(campaign_table, campaign_table.c.id == batch_table.c.campaign_id)
@@ -233,7 +238,7 @@ def resume_batches(campaign_id: int) -> None:
     ``campaigns.resume`` has moved it from paused to sending; one that never started is
     scheduled there instead and never comes here.
     """
-    now = utcnow()
+    now = db_clock.read()
     # A batch released by the pause is queued; free it from any backoff, then enqueue.
     db.session.execute(
         update(batch_table)

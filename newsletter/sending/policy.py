@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from flask import current_app
 
+from newsletter import db_clock
 from newsletter.mail.smtp import Outcome
-from newsletter.models import utcnow
 
 
 class Retry(enum.Enum):
@@ -73,9 +72,12 @@ def for_retry(outcome: Outcome, attempts: int) -> Rule:
     return rule
 
 
-def next_attempt(rule: Rule, attempts: int) -> datetime:
-    """When a reader who is not done is due again, before try number ``attempts + 1``."""
+def next_attempt(rule: Rule, attempts: int):
+    """When a reader who is not done is due again, before try number ``attempts + 1``.
+
+    An SQL expression: the database's clock, for the row that stores the due time.
+    """
     if rule.retry is Retry.AT_ONCE:
-        return utcnow()
+        return db_clock.now()
     base = current_app.config["SEND_RETRY_DELAY"]
-    return utcnow() + timedelta(seconds=base * 2 ** (attempts - 1))
+    return db_clock.now(base * 2 ** (attempts - 1))

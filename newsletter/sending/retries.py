@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import and_, delete, or_, select, update
 
+from newsletter import db_clock
 from newsletter.extensions import db
 from newsletter.mail import smtp
-from newsletter.models import CampaignStatus, utcnow
+from newsletter.models import CampaignStatus
 from newsletter.queue import enqueue, job
 from newsletter.sending import policy
 from newsletter.sending.pacing import batch_timeout
-from newsletter.sending.run import PAGE_SIZE, Run, Stop, erase_undeliverable, lease_until
+from newsletter.sending.run import PAGE_SIZE, Run, Stop, erase_undeliverable
 from newsletter.sending.tables import campaign_table, deferred_table, subscriber_table
 from newsletter.sending.totals import finish_if_done
 
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def retry_deferred() -> None:
     """Enqueue a retry job for each sending campaign with deferred messages now due."""
-    now = utcnow()
+    now = db_clock.now()
     due = db.session.scalars(
         select(deferred_table.c.campaign_id)
         .distinct()
@@ -85,7 +87,7 @@ class DeferredRun(Run):
     def send_next(self) -> bool:
         """Claim and send one due deferred message; return False when none is left."""
         self.check()
-        now = utcnow()
+        now = db_clock.now()
         candidates = self.db.scalars(
             select(deferred_table.c.id)
             .where(
@@ -98,7 +100,7 @@ class DeferredRun(Run):
         ).all()
         self.db.rollback()
         for row_id in candidates:
-            until = lease_until()
+            until = self._lease_until()
             claimed = self.db.execute(
                 update(deferred_table)
                 .where(
@@ -115,6 +117,13 @@ class DeferredRun(Run):
                 return True
         return False
 
+    def _lease_until(self) -> datetime:
+        """The end of a lease taken now, by the database's clock.
+
+        A value, not an expression: it is also this run's token for the row.
+        """
+        return db_clock.read(self.db) + timedelta(seconds=self.lease)
+
     def _ours(self):
         """The WHERE clause of a write to the claimed row: only while this run holds it."""
         return and_(
@@ -124,7 +133,7 @@ class DeferredRun(Run):
     def renew(self) -> None:
         if self.row_id is None:
             return
-        until = lease_until()
+        until = self._lease_until()
         result = self.db.execute(
             update(deferred_table).where(self._ours()).values(lease_until=until)
         )

@@ -7,17 +7,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from datetime import timedelta
 from typing import NoReturn
 
 from flask import current_app
 from sqlalchemy import select
 
-from newsletter import campaign_status, erasure, tokens, verp
+from newsletter import campaign_status, db_clock, erasure, tokens, verp
 from newsletter.extensions import db
 from newsletter.mail import builders, smtp
 from newsletter.mail.smtp import Outcome
-from newsletter.models import Campaign, CampaignStatus, Subscriber, utcnow
+from newsletter.models import Campaign, CampaignStatus, Subscriber
 from newsletter.sending import pacing, policy
 from newsletter.sending.tables import campaign_table
 
@@ -32,8 +31,11 @@ class Stop(Exception):
 
 
 def lease_until():
-    """A lease taken or renewed now runs out after SEND_LEASE."""
-    return utcnow() + timedelta(seconds=current_app.config["SEND_LEASE"])
+    """A lease taken or renewed now runs out after SEND_LEASE, by the database's clock.
+
+    An SQL expression, for the UPDATE that takes or renews the lease.
+    """
+    return db_clock.now(current_app.config["SEND_LEASE"])
 
 
 def erase_undeliverable(subscriber_id: int) -> None:

@@ -10,9 +10,9 @@ import logging
 
 from sqlalchemy import and_, delete, exists, func, or_, select
 
-from newsletter import campaign_status
+from newsletter import campaign_status, db_clock
 from newsletter.extensions import db
-from newsletter.models import BatchStatus, Campaign, CampaignStatus, utcnow
+from newsletter.models import BatchStatus, Campaign, CampaignStatus
 from newsletter.sending.tables import batch_table, campaign_table, deferred_table
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def _close_books(campaign_id: int, status, *conditions, **values) -> bool:
         sent=campaign_table.c.sent + _sum(batch_table.c.sent, campaign_id),
         failed=campaign_table.c.failed + _sum(batch_table.c.failed, campaign_id),
         unknown=campaign_table.c.unknown + _sum(batch_table.c.unknown, campaign_id),
-        finished_at=utcnow(),
+        finished_at=db_clock.now(),
         **values,
     )
     if not closed:
@@ -105,7 +105,7 @@ def settle_cancelled(campaign_id: int) -> bool:
     live = and_(
         batch_table.c.campaign_id == campaign_id,
         batch_table.c.status == BatchStatus.RUNNING,
-        batch_table.c.lease_until >= utcnow(),
+        batch_table.c.lease_until >= db_clock.now(),
     )
     settled = _close_books(campaign_id, CampaignStatus.CANCELLED, ~exists().where(live))
     if settled:
