@@ -57,6 +57,23 @@ def _float(name: str, value: str) -> float:
     return number
 
 
+SMTP_CONNECTIONS_MAX = 64
+
+
+def _smtp_connections(value: str) -> int:
+    """SMTP connections a worker keeps busy at once: 1 (one at a time) up to 64."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= SMTP_CONNECTIONS_MAX:
+        raise ConfigError(
+            f"SMTP_CONNECTIONS must be a whole number from 1 to {SMTP_CONNECTIONS_MAX} "
+            f"(connections each worker keeps open to the relay), not {value!r}"
+        )
+    return number
+
+
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -452,6 +469,7 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         ),
         "TICK_INTERVAL": parse_duration("TICK_INTERVAL", env.get("TICK_INTERVAL", "15s")),
         "SMTP_TIMEOUT": _float("SMTP_TIMEOUT", env.get("SMTP_TIMEOUT", "30")),
+        "SMTP_CONNECTIONS": _smtp_connections(env.get("SMTP_CONNECTIONS", "4")),
         "MONTHLY_SLOT": slot,
         "STORE_IP_PREFIX": _bool("STORE_IP_PREFIX", store_ip),
         "LIST_ID": _check_list_id(env.get("LIST_ID", "Newsletter <newsletter.example.com>")),

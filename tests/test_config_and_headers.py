@@ -18,6 +18,17 @@ def test_secret_key_check_and_message_agree():
     assert config.load({"SECRET_KEY": "k" * 32})["SECRET_KEY"] == "k" * 32
 
 
+@pytest.mark.parametrize("value", ["0", "65", "four", "2.5", ""])
+def test_smtp_connections_out_of_range_is_refused_with_one_clear_line(value):
+    with pytest.raises(config.ConfigError, match="SMTP_CONNECTIONS must be a whole number"):
+        config.load({"SECRET_KEY": SECRET, "SMTP_CONNECTIONS": value})
+
+
+def test_smtp_connections_defaults_to_four_and_takes_what_is_given():
+    assert config.load({"SECRET_KEY": SECRET})["SMTP_CONNECTIONS"] == 4
+    assert config.load({"SECRET_KEY": SECRET, "SMTP_CONNECTIONS": "16"})["SMTP_CONNECTIONS"] == 16
+
+
 def test_idn_public_url_and_list_id_are_converted_to_ascii_at_start():
     loaded = config.load(
         {
