@@ -138,3 +138,30 @@ def test_a_refused_rcpt_inside_a_pipelined_group_affects_only_that_reader(app, w
     assert len(sessions) == CONNECTIONS and all("data=" in s for s in sessions), sessions
     assert "improper command pipelining" not in log
     assert re.search(r"NOQUEUE: reject: RCPT from .*550 5\.1\.1", log)
+
+
+def test_a_relay_that_takes_fewer_connections_gets_the_send_on_those_it_took(app, work, logs):
+    """Postfix allows two connections per client here; the other two are refused at the
+    greeting (421). The batch goes on over two, and says so without naming anybody."""
+    ids = add_subscribers(8)
+    known = ", ".join(f"reader{i}@example.com=ok" for i in range(8))
+    limit = "smtpd_client_connection_count_limit = 2\n"
+    with throwaway_postfix(POSTFIX.format(known=known) + limit) as postfix:
+        mail_state = app.extensions["mail"]
+        saved = mail_state.port
+        mail_state.port = postfix.port
+        try:
+            campaign_id = add_campaign()
+            tick()
+            work()
+        finally:
+            mail_state.port = saved
+        log = wait_for_log(postfix, r"status=sent", 8)
+
+    campaign = campaign_row(campaign_id)
+    assert (campaign.status, campaign.sent, campaign.failed) == (CampaignStatus.SENT, 8, 0)
+    assert count(Subscriber) == len(ids)
+    assert len(re.findall(r"status=sent", log)) == 8
+    assert re.search(r"warning: Connection concurrency limit exceeded: 3 from", log), log
+    assert "2 of 4 SMTP connections could not be opened" in logs.text
+    assert "@" not in "".join(r.getMessage() for r in logs.records if "SMTP" in r.getMessage())
