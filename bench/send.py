@@ -240,16 +240,17 @@ class MemoryWatch(threading.Thread):
 def run_workers(setup: Setup, worker_count: int) -> dict:
     """Start the workers, fan a new campaign out, wait until it is sent."""
     environ = {**os.environ, **setup.environ, "PYTHONPATH": str(ROOT)}
+    logs = [tempfile.TemporaryFile() for _ in range(worker_count)]  # shown if one hangs
     processes = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "worker.py")],
             env=environ,
             cwd=str(ROOT),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        for _ in range(worker_count)
+        for log in logs
     ]
     from rq import Worker
 
@@ -286,8 +287,16 @@ def run_workers(setup: Setup, worker_count: int) -> dict:
         watch.stop.set()
         for process in processes:
             process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait(timeout=60)
+        for process, log in zip(processes, logs, strict=True):
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-3000:]
+                print(f"a worker did not stop within 60 s of SIGTERM; its log ends:\n{tail}")
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+            log.close()
     parent_mb, horse_mb = watch.report()
     return {
         "fan_out": fanned_out - started,
