@@ -1,14 +1,17 @@
 """Sending benchmark: real workers against a fast local SMTP sink, next to a bare smtplib loop.
 
-    .venv/bin/python bench/send.py 10000 100000            # SQLite, and PostgreSQL if reachable
-    .venv/bin/python bench/send.py 10000 --workers 1 --db sqlite --repeat 3
+    .venv/bin/python bench/send.py 10000 --connections 4 16       # 0 and 10 ms RTT, both DBs
+    .venv/bin/python bench/send.py 10000 --workers 1 --db sqlite --rtt-ms 10 --repeat 3
 
 For each database and N it creates N subscribers and an edition of about 20 KB HTML and
-5 KB text, then
+5 KB text, then, for each round-trip time (``--rtt-ms``; above 0 the sink sits behind
+``bench/delay_proxy.py``, which delays every chunk by half of it each way):
   * sends the rendered message as pre-built bytes with a bare smtplib loop on one
-    connection to the same sink (the practical limit, "bare");
+    connection to the same sink at the same RTT ("bare": what a serial client does; at
+    RTT > 0 for a few seconds only, it is slow);
   * fans the campaign out (timed) and lets 1, then 2 ``python worker.py`` processes send it
-    (timed from the end of the fan-out to the campaign being marked sent);
+    with each ``--connections`` value as SMTP_CONNECTIONS (timed from the end of the
+    fan-out to the campaign being marked sent);
   * samples the peak memory (VmHWM) of every worker process and work horse.
 With ``--bilingual`` every second reader is German and the edition has a German version,
 so each run renders two languages' copies (once each) and picks one per reader.
@@ -38,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, insert, select, text  # noqa: E402
 
+from bench.delay_proxy import DelayProxy  # noqa: E402
 from newsletter import create_app, embedded_redis, sending  # noqa: E402
 from newsletter.extensions import db  # noqa: E402
 from newsletter.models import (  # noqa: E402
@@ -189,15 +193,20 @@ class Setup:
         return template.render(subscriber.email, {"unsubscribe_url": url})
 
 
-def bare_loop(port: int, mail, count: int) -> float:
-    """Pre-built bytes over one connection: what smtplib itself can do."""
+def bare_loop(port: int, mail, count: int, seconds: float = 5.0) -> float:
+    """Pre-built bytes over one connection: what smtplib itself can do, serially.
+
+    Stops after ``count`` messages or ``seconds``, whichever comes first (at least 20).
+    """
     host = smtplib.SMTP("127.0.0.1", port, timeout=30)
     started = time.perf_counter()
-    for _ in range(count):
+    sent = 0
+    while sent < count and (sent < 20 or time.perf_counter() - started < seconds):
         host.sendmail(mail.sender, [mail.recipient], mail.data)
+        sent += 1
     elapsed = time.perf_counter() - started
     host.quit()
-    return count / elapsed
+    return sent / elapsed
 
 
 class MemoryWatch(threading.Thread):
@@ -250,16 +259,17 @@ class MemoryWatch(threading.Thread):
 def run_workers(setup: Setup, worker_count: int) -> dict:
     """Start the workers, fan a new campaign out, wait until it is sent."""
     environ = {**os.environ, **setup.environ, "PYTHONPATH": str(ROOT)}
+    logs = [tempfile.TemporaryFile() for _ in range(worker_count)]  # shown if one hangs
     processes = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "worker.py")],
             env=environ,
             cwd=str(ROOT),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        for _ in range(worker_count)
+        for log in logs
     ]
     from rq import Worker
 
@@ -296,8 +306,16 @@ def run_workers(setup: Setup, worker_count: int) -> dict:
         watch.stop.set()
         for process in processes:
             process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait(timeout=60)
+        for process, log in zip(processes, logs, strict=True):
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-3000:]
+                print(f"a worker did not stop within 60 s of SIGTERM; its log ends:\n{tail}")
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+            log.close()
     parent_mb, horse_mb = watch.report()
     return {
         "fan_out": fanned_out - started,
@@ -344,6 +362,8 @@ def bench(
     sink_port: int,
     repeat: int,
     signing: list[str],
+    rtts: list[float],
+    connection_counts: list[int],
     bilingual: bool = False,
 ) -> list:
     work_dir = Path(tempfile.mkdtemp(prefix="nl-bench-"))
@@ -352,27 +372,45 @@ def bench(
     rows = []
     try:
         setup = Setup(database, work_dir, redis_url, sink_port, bilingual)
+        base = dict(setup.environ)
         for n in sizes:
             setup.grow_to(n)
             mail = setup.sample_mail()
-            for workers, kind in [(w, k) for w in worker_counts for k in signing]:
-                unsigned = {k: v for k, v in setup.environ.items() if not k.startswith("DKIM_")}
-                setup.environ = {**unsigned, **dkim_settings(kind, work_dir)}
-                runs = []
-                for _ in range(repeat):
-                    # Right before each run: other load on the machine hits both alike.
-                    bare = bare_loop(sink_port, mail, min(n, 10_000))
-                    runs.append((bare, run_workers(setup, workers)))
-                bare, result = best_of(runs)
-                result["dkim"] = kind
-                rows.append((database, n, len(mail.data), bare, workers, result))
-                print(
-                    f"{database:10} N={n:>7} workers={workers} dkim={kind:7} bare={bare:7.0f}/s "
-                    f"pipeline={result['rate']:7.0f}/s ratio={result['rate'] / bare:4.2f} "
-                    f"fan-out={result['fan_out']:5.2f}s worker={result['parent_mb']:5.1f} MB "
-                    f"horse={result['horse_mb']:5.1f} MB",
-                    flush=True,
-                )
+            for rtt in rtts:
+                proxy = DelayProxy(("127.0.0.1", sink_port), rtt) if rtt else None
+                port = proxy.start() if proxy else sink_port
+                try:
+                    combos = [
+                        (w, c, k) for w in worker_counts for c in connection_counts for k in signing
+                    ]
+                    for workers, connections, kind in combos:
+                        setup.environ = {
+                            **base,
+                            "MAIL_PORT": str(port),
+                            "SMTP_CONNECTIONS": str(connections),
+                            **dkim_settings(kind, work_dir),
+                        }
+                        runs = []
+                        for _ in range(repeat):
+                            # Right before each run: other load on the machine hits both alike.
+                            bare = bare_loop(port, mail, min(n, 10_000))
+                            runs.append((bare, run_workers(setup, workers)))
+                        bare, result = best_of(runs)
+                        result.update(dkim=kind, rtt=rtt, connections=connections)
+                        rows.append((database, n, len(mail.data), bare, workers, result))
+                        print(
+                            f"{database:10} N={n:>7} rtt={rtt:g}ms workers={workers} "
+                            f"connections={connections} dkim={kind:7} bare={bare:7.0f}/s "
+                            f"pipeline={result['rate']:7.0f}/s "
+                            f"ratio={result['rate'] / bare:5.2f} "
+                            f"fan-out={result['fan_out']:5.2f}s "
+                            f"worker={result['parent_mb']:5.1f} MB "
+                            f"horse={result['horse_mb']:5.1f} MB",
+                            flush=True,
+                        )
+                finally:
+                    if proxy:
+                        proxy.stop()
         db.session.remove()
         db.engine.dispose()
     finally:
@@ -397,6 +435,20 @@ def main() -> None:
     parser.add_argument(
         "--bilingual", action="store_true", help="half the readers German, with a German version"
     )
+    parser.add_argument(
+        "--rtt-ms",
+        nargs="+",
+        type=float,
+        default=[0.0, 10.0],
+        help="round-trip times to the relay (0: the sink directly; else through a delay proxy)",
+    )
+    parser.add_argument(
+        "--connections",
+        nargs="+",
+        type=int,
+        default=[4],
+        help="SMTP_CONNECTIONS values for the workers",
+    )
     args = parser.parse_args()
 
     port = free_port()
@@ -407,7 +459,15 @@ def main() -> None:
             if database == "postgresql" and not postgres_reachable():
                 continue
             all_rows += bench(
-                database, args.sizes, args.workers, port, args.repeat, args.dkim, args.bilingual
+                database,
+                args.sizes,
+                args.workers,
+                port,
+                args.repeat,
+                args.dkim,
+                args.rtt_ms,
+                args.connections,
+                args.bilingual,
             )
     finally:
         sink.terminate()
@@ -415,19 +475,21 @@ def main() -> None:
 
     print()
     print(
-        "| database | N | message | bare loop msgs/s | workers | DKIM | pipeline msgs/s "
-        "| ratio to bare | vs 1 worker | fan-out s | worker peak MB | horse peak MB |"
+        "| database | N | message | RTT ms | bare loop msgs/s | workers | connections | DKIM "
+        "| pipeline msgs/s | ratio to bare | vs 1 worker | fan-out s | worker peak MB "
+        "| horse peak MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     one = {}
     for database, n, size, bare, workers, result in all_rows:
+        key = (database, n, result["rtt"], result["connections"], result["dkim"])
         if workers == 1:
-            one[(database, n, result["dkim"])] = result["rate"]
-        first = one.get((database, n, result["dkim"]))
+            one[key] = result["rate"]
+        first = one.get(key)
         speedup = result["rate"] / first if first else float("nan")
         print(
-            f"| {database} | {n:,} | {size / 1024:.1f} KB | {bare:,.0f} | {workers} "
-            f"| {result['dkim']} "
+            f"| {database} | {n:,} | {size / 1024:.1f} KB | {result['rtt']:g} | {bare:,.0f} "
+            f"| {workers} | {result['connections']} | {result['dkim']} "
             f"| {result['rate']:,.0f} | {result['rate'] / bare:.2f} | {speedup:.2f}x "
             f"| {result['fan_out']:.2f} | {result['parent_mb']:.1f} | {result['horse_mb']:.1f} |"
         )

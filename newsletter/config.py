@@ -37,13 +37,15 @@ def _bool(name: str, value: str) -> bool:
     raise ConfigError(f"{name} must be true or false, not {value!r}")
 
 
-def _int(name: str, value: str, minimum: int = 0) -> int:
+def _int(name: str, value: str, minimum: int = 0, maximum: int | None = None) -> int:
     try:
         number = int(value)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
     if number < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, not {number}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, not {number}")
     return number
 
 
@@ -452,6 +454,10 @@ def load(environ: dict[str, str] | None = None, instance_path: str = "instance")
         ),
         "TICK_INTERVAL": parse_duration("TICK_INTERVAL", env.get("TICK_INTERVAL", "15s")),
         "SMTP_TIMEOUT": _float("SMTP_TIMEOUT", env.get("SMTP_TIMEOUT", "30")),
+        # SMTP connections each worker keeps busy at once (README: Scale-out).
+        "SMTP_CONNECTIONS": _int(
+            "SMTP_CONNECTIONS", env.get("SMTP_CONNECTIONS", "4"), minimum=1, maximum=64
+        ),
         "MONTHLY_SLOT": slot,
         "STORE_IP_PREFIX": _bool("STORE_IP_PREFIX", store_ip),
         "LIST_ID": _check_list_id(env.get("LIST_ID", "Newsletter <newsletter.example.com>")),

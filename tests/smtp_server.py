@@ -66,6 +66,8 @@ class CaptureHandler:
         self.receiving = threading.Event()  # set when a DATA arrives, before ``delay``
         self.accept_login = True  # AUTH is offered without TLS; False refuses it (535)
         self.rcpt_log: list[tuple[str, float]] = []  # every RCPT TO, refused or not, timed
+        self.in_data = 0  # DATA commands being answered right now (all connections)
+        self.peak_in_data = 0  # the most at once: how many connections sent side by side
 
     def authenticate(self, server, session, envelope, mechanism, auth_data):
         return AuthResult(success=self.accept_login, handled=False)
@@ -95,10 +97,15 @@ class CaptureHandler:
     async def handle_DATA(self, server, session, envelope):
         recipient = envelope.rcpt_tos[0].lower()
         self.receiving.set()
-        if self.delay:
-            import asyncio
+        self.in_data += 1  # one event loop thread: no lock needed
+        self.peak_in_data = max(self.peak_in_data, self.in_data)
+        try:
+            if self.delay:
+                import asyncio
 
-            await asyncio.sleep(self.delay)
+                await asyncio.sleep(self.delay)
+        finally:
+            self.in_data -= 1
         if recipient in self.drop_after_data:
             self.drop_after_data.discard(recipient)
             with self.lock:
@@ -146,6 +153,7 @@ class SmtpServer:
         self.handler.delay = 0.0
         self.handler.receiving.clear()
         self.handler.accept_login = True
+        self.handler.peak_in_data = 0
 
     @property
     def messages(self) -> list[Received]:

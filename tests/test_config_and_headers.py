@@ -18,6 +18,25 @@ def test_secret_key_check_and_message_agree():
     assert config.load({"SECRET_KEY": "k" * 32})["SECRET_KEY"] == "k" * 32
 
 
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        ("0", "must be at least 1, not 0"),
+        ("65", "must be at most 64, not 65"),
+        ("four", "must be a whole number, not 'four'"),
+        ("2.5", "must be a whole number, not '2.5'"),
+    ],
+)
+def test_smtp_connections_out_of_range_is_refused_with_one_clear_line(value, says):
+    with pytest.raises(config.ConfigError, match=f"^SMTP_CONNECTIONS {says}$"):
+        config.load({"SECRET_KEY": SECRET, "SMTP_CONNECTIONS": value})
+
+
+def test_smtp_connections_defaults_to_four_and_takes_what_is_given():
+    assert config.load({"SECRET_KEY": SECRET})["SMTP_CONNECTIONS"] == 4
+    assert config.load({"SECRET_KEY": SECRET, "SMTP_CONNECTIONS": "16"})["SMTP_CONNECTIONS"] == 16
+
+
 def test_idn_public_url_and_list_id_are_converted_to_ascii_at_start():
     loaded = config.load(
         {

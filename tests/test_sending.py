@@ -363,6 +363,7 @@ def test_4xx_that_never_clears_counts_as_failed(app, work, smtp):
 def test_4xx_after_the_lease_was_lost_leaves_no_retry_row_and_the_new_owner_finishes(
     app, work, smtp
 ):
+    app.config["SMTP_CONNECTIONS"] = 1  # one message in flight: the thief's timing needs it
     ids = add_subscribers(3)
     busy = address(ids[1])
     smtp.handler.replies[busy] = "451 4.3.0 try later"
@@ -534,11 +535,18 @@ def test_other_permanent_refusal_counts_failed_and_keeps_the_reader(app, work, s
     assert (campaign.status, campaign.sent, campaign.failed) == (CampaignStatus.SENT, 3, 1)
 
 
-def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(app, work, smtp):
+@pytest.mark.parametrize("connections", [1, 4])
+def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(
+    app, work, smtp, connections
+):
+    app.config["SMTP_CONNECTIONS"] = connections
     ids = add_subscribers(35)
     blocked = address(ids[14])
     smtp.handler.replies[blocked] = "550 5.7.1 sender blocked by policy"
     campaign_id = add_campaign()
+    # The second batch (readers 10-19) sends in groups of ``connections``: the rest of the
+    # blocked reader's group was under way at the same time and went out.
+    group_end = min(10 + (14 - 10) // connections * connections + connections, 20) - 1
 
     tick()
     work()
@@ -546,15 +554,15 @@ def test_policy_block_pauses_the_campaign_and_resume_continues_where_it_stopped(
     campaign = campaign_row(campaign_id)
     assert campaign.status == CampaignStatus.PAUSED
     assert "5.7.1" in campaign.status_reason and "resume" in campaign.status_reason
-    assert len(smtp.messages) == 14  # the first batch and the start of the second
+    assert len(smtp.messages) == group_end  # the first batch, the second up to the group
     assert count(Subscriber) == 35  # nobody is deleted for a policy block
-    assert totals(campaign_id)["sent"] == 14
+    assert totals(campaign_id)["sent"] == group_end
     assert count(SendBatch) == 4  # the bookkeeping stays while paused
-    # The blocked reader waits among the retries; the cursor moved past them.
+    # The blocked reader waits among the retries; the cursor moved past their group.
     [row] = db.session.scalars(select(DeferredDelivery)).all()
-    assert row.subscriber_id == ids[14]
+    assert row.subscriber_id == ids[14] and row.attempts == 1
     second = select(SendBatch.cursor).where(SendBatch.last_id == ids[19])
-    assert db.session.scalar(second) == ids[14]
+    assert db.session.scalar(second) == ids[group_end]
 
     del smtp.handler.replies[blocked]
     assert campaigns.resume(campaign_id)

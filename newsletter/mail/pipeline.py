@@ -38,7 +38,6 @@ import ssl
 
 from newsletter.mail.smtp import OutcomeUnknown  # the one class: never resend
 
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 _ACCEPTED = ((250,), (250, 251), (354,))  # MAIL FROM, RCPT TO, DATA
 
 
@@ -47,7 +46,8 @@ def dot_stuffed(data: bytes) -> bytes:
 
     ``data`` must already use CRLF line ends, as the rendered editions do.
     """
-    body = _LEADING_DOT.sub(b"..", data)
+    # bytes.replace is the regex (?m)^\. in C: the regex costs about 0.1 ms per 25 KB.
+    body = (b"." if data.startswith(b".") else b"") + data.replace(b"\n.", b"\n..")
     return body if body.endswith(b"\r\n") else body + b"\r\n"
 
 
@@ -86,7 +86,10 @@ class PipeliningConnection:
     def open(self) -> None:
         """Connect, EHLO, STARTTLS (and EHLO again), AUTH: smtplib does all of it."""
         self.close()
-        context = self.context or ssl.create_default_context()
+        # A verifying context reads the CA store (30-80 ms): build one only for TLS.
+        context = self.context
+        if context is None and (self.use_ssl or self.use_tls):
+            context = ssl.create_default_context()
         if self.use_ssl:
             host: smtplib.SMTP = smtplib.SMTP_SSL(
                 self.hostname, self.port, self.local_hostname, timeout=self.timeout,
@@ -230,11 +233,17 @@ def _abandon(host: smtplib.SMTP, replies: list[tuple[int, bytes]]) -> bool:
     return True
 
 
+# A bare address smtplib.quoteaddr would return as "<address>" unchanged: no need to
+# parse it (email.utils' parser costs about 20 us an address).
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+\Z")
+
+
 def _command(verb: str, address: str, options: str = "") -> bytes:
     """``MAIL FROM:<a>`` or ``RCPT TO:<a>``, refused like smtplib's putcmd refuses it."""
     if "\r" in address or "\n" in address:
         raise ValueError("a line break in an SMTP address")  # command injection
-    return f"{verb}:{smtplib.quoteaddr(address)}{options}\r\n".encode("ascii")
+    quoted = f"<{address}>" if _PLAIN_ADDRESS.match(address) else smtplib.quoteaddr(address)
+    return f"{verb}:{quoted}{options}\r\n".encode("ascii")
 
 
 def _refusal(

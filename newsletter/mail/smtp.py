@@ -1,8 +1,9 @@
 """The one way out: Flask-Mail's connection with a timeout and a verified TLS context.
 
-Everything SMTP stays in here. Callers get domain answers instead of smtplib's
-exceptions (whose texts quote the recipient): a batch's ``Session`` sorts each reply into
-an ``Outcome``; a single transactional ``send`` raises ``MailNotSent``.
+Everything SMTP stays in the mail package. Callers get domain answers instead of
+smtplib's exceptions (whose texts quote the recipient): a single transactional ``send``
+raises ``MailNotSent``; the sending path's connections (``mail.connections``) sort each
+reply into an ``Outcome`` with ``classify``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import enum
 import re
 import smtplib
 import ssl
-import time
 
 from flask import current_app
 from flask_mail import Connection
@@ -214,84 +214,3 @@ def send(mail: OutgoingMail, what: str = "mail") -> None:
         raise MailRefused(what, code, "rcpt") from None
     except (smtplib.SMTPException, OSError) as exc:
         raise MailNotSent(what, type(exc).__name__) from None
-
-
-# TLS that failed or was not offered, a login refused or not offered: the setup is wrong.
-_SETUP_ERRORS = (ssl.SSLError, smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError)
-
-
-class Session:
-    """One SMTP connection for many messages (a batch), opened again whenever it must be."""
-
-    def __init__(self) -> None:
-        self.conn: SmtpConnection | None = None
-        self.last_used = time.monotonic()
-
-    def open(self) -> None:
-        """Connect and log in; raise Unreachable (may pass by itself) or SetupFailed."""
-        try:
-            self.conn = connect()
-            self.conn.host = self.conn.configure_host()
-        except _SETUP_ERRORS as exc:
-            self.conn = None
-            # Cut off mid-handshake, or "454 try again later": that may pass by itself.
-            if isinstance(exc, ssl.SSLEOFError) or getattr(exc, "smtp_code", 500) < 500:
-                raise Unreachable(type(exc).__name__) from None
-            raise SetupFailed(type(exc).__name__) from None
-        except (OSError, smtplib.SMTPException) as exc:
-            self.conn = None
-            raise Unreachable(type(exc).__name__) from None
-        self.last_used = time.monotonic()
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.__exit__(None, None, None)
-            self.conn = None
-
-    def _ready(self) -> None:
-        """Reconnect when the server closed the connection (421) or it sat idle too long."""
-        host = self.conn.host if self.conn is not None else None
-        healthy = host is not None and host.sock is not None
-        if healthy and time.monotonic() - self.last_used > IDLE_PROBE_SECONDS:
-            try:
-                healthy = host.noop()[0] == 250
-            except (OSError, smtplib.SMTPException):
-                healthy = False
-        if not healthy:
-            self.close()
-            self.open()
-
-    def deliver(self, mail: OutgoingMail) -> tuple[Outcome, str]:
-        """Hand one message to the server; return its Outcome and the redacted reply.
-
-        A connection that drops before the message is complete delivered nothing: reconnect
-        and try once more, then defer. Only a drop after the final dot is UNKNOWN. Raises
-        Unreachable or SetupFailed when a reconnect fails.
-        """
-        for _ in range(2):
-            self._ready()
-            try:
-                self.conn.deliver(mail)
-                return Outcome.SENT, ""
-            except OutcomeUnknown:
-                self.close()  # it may have been delivered: never resend
-                return Outcome.UNKNOWN, "connection dropped after the message"
-            except smtplib.SMTPServerDisconnected:
-                self.close()
-                continue
-            except smtplib.SMTPSenderRefused as exc:
-                code, message, stage = exc.smtp_code, exc.smtp_error, "mail"
-            except smtplib.SMTPRecipientsRefused as exc:
-                (code, message), stage = next(iter(exc.recipients.values())), "rcpt"
-            except smtplib.SMTPResponseException as exc:
-                code, message, stage = exc.smtp_code, exc.smtp_error, "data"
-            except ValueError:
-                # smtplib could not encode the envelope (non-ASCII): mid-transaction, so
-                # the connection goes; the address fails the same way every time.
-                self.close()
-                return Outcome.FAILED, "address cannot be sent to"
-            finally:
-                self.last_used = time.monotonic()
-            text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-            return classify(code, message, stage), redact(f"{code} {text}")[:200]
-        return Outcome.DEFERRED, "connection dropped before the message was complete"

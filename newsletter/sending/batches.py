@@ -1,10 +1,11 @@
 """The batch job: one worker's leased run over one batch of subscriber ids.
 
-The run takes a lease on its ``SendBatch`` row, sends over one SMTP connection and moves
-the row's cursor past a subscriber only after the SMTP server answered for them, in one
-statement with the counters and the lease. A killed worker's lease runs out and the tick
-enqueues the batch again, so the next worker resumes after the cursor: nobody is
-skipped, and at most the message that was in flight goes out twice.
+The run takes a lease on its ``SendBatch`` row and sends in groups: the next readers, one
+per SMTP connection (``SMTP_CONNECTIONS``), go out at once. The row's cursor moves past
+a group only after the SMTP server answered for each of its readers, in one statement
+with the counters and the lease. A killed worker's lease runs out and the tick enqueues
+the batch again, so the next worker resumes after the cursor: nobody is skipped, and at
+most the group that was in flight (one message per connection) goes out twice.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import secrets
 import socket
 
+from flask import current_app
 from sqlalchemy import and_, bindparam, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -78,7 +80,7 @@ class BatchRun(Run):
     def __init__(self, batch_id: int, owner: str) -> None:
         row = db.session.execute(select(batch_table).where(batch_table.c.id == batch_id)).one()
         db.session.rollback()
-        super().__init__(row.campaign_id)
+        super().__init__(row.campaign_id, current_app.config["SMTP_CONNECTIONS"])
         self.batch_id = batch_id
         self.owner = owner
         self.cursor = row.cursor
@@ -102,12 +104,13 @@ class BatchRun(Run):
             .order_by(subscriber_table.c.id)
             .limit(PAGE_SIZE)
         )
+        self._readers: list = []  # the group under way, as re-read right before sending
         self._fresh = select(
             subscriber_table.c.id,
             subscriber_table.c.email,
             subscriber_table.c.token_key,
             subscriber_table.c.language,  # which version of the edition they get
-        ).where(subscriber_table.c.id == bindparam("sid"))
+        ).where(subscriber_table.c.id.in_(bindparam("sids", expanding=True)))
 
     def send(self) -> None:
         try:
@@ -133,61 +136,123 @@ class BatchRun(Run):
             finish_if_done(self.campaign_id)
 
     def _send_pages(self) -> None:
+        """Send group after group; each group's copies are rendered while the one before
+        is on the wire, and handed out only after that one's checkpoint."""
+        under_way = None
+        for rows in self._groups():
+            rendered = {row.id: self.render(row) for row in rows}
+            if under_way is not None:
+                self._record(under_way, self._results())
+                under_way = None
+            self.check()
+            for _ in rows:
+                self.wait_for_rate()
+            under_way = [row.id for row in rows]
+            # Re-read right before sending, after waiting for the rate slots: who unsubscribed
+            # a moment ago gets nothing more, and a changed address is the one written to.
+            fresh = {row.id: row for row in self.db.execute(self._fresh, {"sids": under_way})}
+            self._readers = [fresh[row.id] for row in rows if row.id in fresh]
+            self.begin(
+                [
+                    rendered[reader.id] if reader == row else self.render(reader)
+                    for row in rows
+                    if (reader := fresh.get(row.id)) is not None
+                ]
+            )
+        if under_way is not None:
+            self._record(under_way, self._results())
+
+    def _groups(self):
+        """The batch's readers after the cursor, a group (one per connection) at a time."""
+        after = self.cursor
         while True:
-            page = self.db.execute(self._page, {"after": self.cursor}).all()
+            page = self.db.execute(self._page, {"after": after}).all()
             self.db.rollback()
             if not page:
                 return
-            for subscriber in page:
-                self.check()
-                self._send_one(subscriber)
+            after = page[-1].id
+            while page:
+                size = self.smtp.count  # fewer when the relay refused some connections
+                yield page[:size]
+                page = page[size:]
 
-    def _send_one(self, subscriber) -> None:
-        # Re-read right before sending, after waiting for a rate slot: who unsubscribed a
-        # moment ago gets nothing more, and a changed address is the one written to.
-        self.wait_for_rate()
-        fresh = self.db.execute(self._fresh, {"sid": subscriber.id}).first()
-        if fresh is None:
-            self._advance(subscriber.id)
-            return
-        outcome, reply = self.render_and_deliver(fresh)
-        rule = policy.RULES[outcome]
-        if rule.retry is not None:
-            # The retry row and the checkpoint commit together: nobody lost, nobody twice.
-            # A lost lease raises inside the block, which rolls the retry row back.
-            with db.engine.begin() as transaction:
-                when = policy.next_attempt(rule, 1)
-                _defer(transaction, self.campaign_id, subscriber.id, when)
-                self._advance(subscriber.id, connection=transaction)
-        elif rule.count is not None:
-            self._advance(subscriber.id, **{rule.count: 1})
-        if rule.erase:
-            erase_undeliverable(subscriber.id)
-        if rule.pause is not None:
-            self.pause(rule, outcome, reply)
+    def _results(self) -> dict:
+        """The outcome of each reader of the group under way (none: they had left)."""
+        outcomes = self.collect()
+        return {reader.id: outcome for reader, outcome in zip(self._readers, outcomes, strict=True)}
+
+    def _record(self, ids: list[int], results: dict) -> None:
+        """Checkpoint past the group and act on each answer as ``policy`` says.
+
+        A reader who is not moved on (our sender refused, the connection could not be
+        opened again) keeps the cursor before them when nobody after them in the group was
+        moved on: sent first on the next run, as with one connection. Otherwise the cursor
+        cannot leave that hole: they wait among the retries, due at once, no try counted.
+        """
+        counts = {"sent": 0, "failed": 0, "unknown": 0}
+        retries: list[tuple[int, int, object]] = []  # (subscriber, tries so far, when due)
+        erase, moved = [], []
+        pause = error = None
+        for sid in ids:
+            result = results.get(sid)
+            if result is None:  # left before their turn: nothing to send, nothing to count
+                moved.append(True)
+                continue
+            if isinstance(result, Exception):
+                error = error or result
+                moved.append(False)
+                continue
+            outcome, reply = result
+            rule = policy.RULES[outcome]
+            if rule.retry is not None:
+                retries.append((sid, 1, policy.next_attempt(rule, 1)))
+            elif rule.count is not None:
+                counts[rule.count] += 1
+            if rule.erase:
+                erase.append(sid)
+            if rule.pause is not None and pause is None:
+                pause = (rule, outcome, reply)
+            moved.append(rule.retry is not None or rule.count is not None)
+        last = max((i for i, done in enumerate(moved) if done), default=-1)
+        retries += [(ids[i], 0, db_clock.now()) for i in range(last) if not moved[i]]
+        if last >= 0:
+            self._advance(ids[last], retries, **counts)
+        for sid in erase:
+            erase_undeliverable(sid)
+        if pause is not None:
+            self.pause(*pause)
             self.release()
-            raise Stop(outcome.value)
+            raise Stop(pause[1].value)
+        if error is not None:
+            self.raise_for(error)
 
     def _advance(
-        self, subscriber_id: int, sent: int = 0, failed: int = 0, unknown: int = 0, connection=None
-    ):
+        self, subscriber_id: int, retries=(), sent: int = 0, failed: int = 0, unknown: int = 0
+    ) -> None:
         """Move the checkpoint past ``subscriber_id``: counters and lease in one statement.
 
-        Raises Stop when another worker took the lease; inside ``connection``'s transaction
-        that rolls back whatever the transaction wrote with it.
+        With retry rows, they and the checkpoint commit together: nobody lost, nobody
+        twice. Raises Stop when another worker took the lease, which rolls the retry
+        rows back with it.
         """
-        result = (connection or self.db).execute(
-            self._checkpoint,
-            {
-                "new_cursor": subscriber_id,
-                "add_sent": sent,
-                "add_failed": failed,
-                "add_unknown": unknown,
-            },
-        )
-        self.db.commit()
-        if result.rowcount != 1:
-            raise Stop("lease lost to another worker")
+        values = {
+            "new_cursor": subscriber_id,
+            "add_sent": sent,
+            "add_failed": failed,
+            "add_unknown": unknown,
+        }
+        if retries:
+            with db.engine.begin() as transaction:
+                for sid, attempts, when in retries:
+                    _defer(transaction, self.campaign_id, sid, attempts, when)
+                result = transaction.execute(self._checkpoint, values)
+                if result.rowcount != 1:
+                    raise Stop("lease lost to another worker")
+        else:
+            result = self.db.execute(self._checkpoint, values)
+            self.db.commit()
+            if result.rowcount != 1:
+                raise Stop("lease lost to another worker")
         self.cursor = subscriber_id
 
     def renew(self) -> None:
@@ -217,13 +282,16 @@ class BatchRun(Run):
         self.db.commit()
 
 
-def _defer(connection, campaign_id: int, subscriber_id: int, when) -> None:
+def _defer(connection, campaign_id: int, subscriber_id: int, attempts: int, when) -> None:
     """Insert a retry row; one that already exists for this reader stays as it is."""
     dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
     connection.execute(
         dialect_insert(deferred_table)
         .values(
-            campaign_id=campaign_id, subscriber_id=subscriber_id, attempts=1, next_attempt_at=when
+            campaign_id=campaign_id,
+            subscriber_id=subscriber_id,
+            attempts=attempts,
+            next_attempt_at=when,
         )
         .on_conflict_do_nothing(index_elements=["campaign_id", "subscriber_id"])
     )

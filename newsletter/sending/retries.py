@@ -1,6 +1,8 @@
 """Deferred deliveries: readers a server asked us to try again later (4xx), or blocked.
 
 Each due row is tried under a lease of its own; the campaign row counts the outcomes.
+Retries are few, so a retry run sends one at a time, over one connection of the same
+kind as a batch's (``mail.connections``), by the same ``policy``.
 """
 
 from __future__ import annotations
@@ -159,7 +161,10 @@ class DeferredRun(Run):
         self.db.rollback()
         if row is None:
             return  # the subscriber left; the row went with them
-        outcome, reply = self.render_and_deliver(row)
+        [result] = self.render_and_deliver([row])
+        if isinstance(result, Exception):
+            self.raise_for(result)
+        outcome, reply = result
         rule = policy.for_retry(outcome, row.attempts)
         if rule.retry is not None:
             attempts = row.attempts + 1

@@ -1,4 +1,4 @@
-"""What a batch run and a retry run share: the edition, the SMTP session, a database
+"""What a batch run and a retry run share: the edition, the SMTP connections, a database
 connection of their own, the rate limit, the status look and the pause.
 """
 
@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from newsletter import campaign_status, db_clock, erasure, tokens, verp
 from newsletter.extensions import db
-from newsletter.mail import builders, smtp
+from newsletter.mail import builders, connections, smtp
 from newsletter.mail.smtp import Outcome
 from newsletter.models import Campaign, CampaignStatus, Subscriber
 from newsletter.sending import pacing, policy
@@ -57,7 +57,7 @@ class Run:
     worker crash loses nothing, since the server has the commit.
     """
 
-    def __init__(self, campaign_id: int) -> None:
+    def __init__(self, campaign_id: int, connection_count: int = 1) -> None:
         self.campaign_id = campaign_id
         campaign = db.session.get(Campaign, campaign_id)
         # Each language's copy is rendered once, when its first reader comes up.
@@ -72,7 +72,8 @@ class Run:
         self.rate = current_app.config["SEND_RATE"]
         self.lease = current_app.config["SEND_LEASE"]
         self.next_check = 0.0
-        self.smtp = smtp.Session()
+        self.smtp = connections.Connections(connection_count)
+        self._prepared: list = []  # what ``begin`` handed out, rendered or failed already
 
     def dispose(self) -> None:
         """Close the SMTP connection and hand the database connection back, as it was."""
@@ -104,8 +105,8 @@ class Run:
             self.templates[language] = template
         return template
 
-    def render_and_deliver(self, subscriber) -> tuple[Outcome, str]:
-        """Render the reader's copy and deliver it; an address SMTP cannot carry fails.
+    def render(self, subscriber) -> builders.OutgoingMail | tuple[Outcome, str]:
+        """The reader's copy; an address SMTP cannot carry fails (its outcome instead).
 
         Such an address (say a non-ASCII local part, without SMTPUTF8) fails the same way
         on every try: counted as failed, it no longer stops the batch again and again.
@@ -122,14 +123,36 @@ class Run:
         except ValueError:
             log.warning("subscriber %s: not sendable over SMTP; counted failed", subscriber.id)
             return Outcome.FAILED, "address cannot be sent to"
-        return self.deliver(mail)
+        return mail
 
-    def deliver(self, mail: builders.OutgoingMail) -> tuple[Outcome, str]:
-        """Hand one message to the server (reconnecting if need be) and sort its answer."""
-        try:
-            return self.smtp.deliver(mail)
-        except smtp.SetupFailed as exc:
-            self._setup_failed(exc)
+    def render_and_deliver(self, subscribers: list) -> list[tuple[Outcome, str] | Exception]:
+        """Render each reader's copy and deliver them at once, one per SMTP connection."""
+        self.begin([self.render(subscriber) for subscriber in subscribers])
+        return self.collect()
+
+    def begin(self, prepared: list) -> None:
+        """Start delivering the rendered copies (``render``'s results) and return at once."""
+        self._prepared = prepared
+        self.smtp.start([item for item in prepared if isinstance(item, builders.OutgoingMail)])
+
+    def collect(self) -> list[tuple[Outcome, str] | Exception]:
+        """The outcomes of what ``begin`` started, in order, once the server answered all.
+
+        An exception (Unreachable, SetupFailed) stands in place of a result, so that the
+        caller still records what the other connections did.
+        """
+        delivered = iter(self.smtp.wait())
+        prepared, self._prepared = self._prepared, []
+        return [
+            next(delivered) if isinstance(item, builders.OutgoingMail) else item
+            for item in prepared
+        ]
+
+    def raise_for(self, error: Exception) -> NoReturn:
+        """A connection could not carry its message: pause for SetupFailed, else raise."""
+        if isinstance(error, smtp.SetupFailed):
+            self._setup_failed(error)
+        raise error
 
     def _setup_failed(self, exc: smtp.SetupFailed) -> NoReturn:
         self._pause(policy.SETUP_REASON.format(error=exc), "SMTP setup failed")
