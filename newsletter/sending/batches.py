@@ -97,7 +97,12 @@ class BatchRun(Run):
             )
         )
         self._page = (
-            select(subscriber_table.c.id, subscriber_table.c.email, subscriber_table.c.token_key)
+            select(
+                subscriber_table.c.id,
+                subscriber_table.c.email,
+                subscriber_table.c.token_key,
+                subscriber_table.c.language,  # which version of the edition they get
+            )
             .where(
                 subscriber_table.c.id > bindparam("after"), subscriber_table.c.id <= self.last_id
             )
