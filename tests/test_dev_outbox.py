@@ -9,28 +9,16 @@ from playwright.sync_api import expect
 from sqlalchemy import select
 
 from newsletter import create_app
-from newsletter.devserver import free_port, start_outbox
 from newsletter.extensions import db, get_redis
 from newsletter.models import Subscriber
-from tests.conftest import PUBLIC_URL, csrf_token, path_of
+from tests.conftest import PUBLIC_URL, csrf_token, outbox_config, path_of
 
 MAIL_LINK = re.compile(r'href="(/dev/outbox/[^"]+)"')
 
 
 @pytest.fixture
-def outbox(tmp_path):
-    """The devserver's outbox: an aiosmtpd server writing a Maildir."""
-    folder = tmp_path / "outbox"
-    port = free_port()
-    server = start_outbox(folder, port)
-    yield folder, port
-    server.stop()
-
-
-@pytest.fixture
 def app_config(outbox):
-    folder, port = outbox
-    return {"NEWSLETTER_ENV": "development", "DEV_OUTBOX_DIR": str(folder), "MAIL_PORT": port}
+    return outbox_config(outbox)
 
 
 def sign_up(client, email):

@@ -16,7 +16,8 @@ from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from flask import Blueprint, Flask, abort, current_app, render_template
+import flask_babel
+from flask import Blueprint, Flask, abort, current_app, g, render_template
 
 bp = Blueprint("dev", __name__, url_prefix="/dev")
 
@@ -85,6 +86,13 @@ def _parse(key: str, raw: bytes, with_body: bool) -> CaughtMail:
         found = _URL.findall(caught.text) + (_URL.findall(html.get_content()) if html else [])
         caught.links = list(dict.fromkeys(link.rstrip(".,;") for link in found))
     return caught
+
+
+@bp.before_request
+def in_english() -> None:
+    """The outbox is a developer's tool in English only: its pages say so (``lang="en"``)."""
+    flask_babel.refresh()
+    g.page_language = "en"
 
 
 @bp.get("/outbox")
