@@ -33,6 +33,12 @@ PHONE = WIDTHS["phone"]
 STAFF = "redaktion@example.com"
 PASSWORD = "barrierefrei 2026 monatlich"
 AXE = Axe()
+# How far the first heading stays below the header bar (null on pages without either).
+HEADING_GAP = """(() => {
+  const bar = document.querySelector("header.site"), heading = document.querySelector("main h1");
+  if (!bar || !heading) return null;
+  return Math.round(heading.getBoundingClientRect().top - bar.getBoundingClientRect().bottom);
+})()"""
 
 
 @pytest.fixture
@@ -78,6 +84,9 @@ class Audit:
                 targets = [node["target"] for node in violation["nodes"]][:4]
                 self.problems.append(f"{where}: {violation['id']} ({violation['help']}) {targets}")
             scroll = page.evaluate("document.documentElement.scrollWidth")
+            gap = page.evaluate(HEADING_GAP)
+            if gap is not None and gap < 16:
+                self.problems.append(f"{where}: the heading sits {gap} px below the header bar")
             if width == PHONE and scroll > PHONE:
                 self.problems.append(f"{where}: {scroll} px wide, scrolls sideways")
         self.audited.append(name)
@@ -211,6 +220,7 @@ def walk_admin_pages(audit: Audit, work, outbox, language: str) -> None:
     work()
     page.goto(campaign_url)
     expect(page.locator("[data-field=percent]")).to_have_text("100")
+    expect(page.locator(".totals")).to_have_attribute("aria-live", "polite")  # announced
     audit.check("admin campaign sent")
     # The test copy is the edition's main version, in the fallback language.
     audit.check_mail("edition (test copy)", mails_in(outbox)[-1], language="en")
