@@ -49,7 +49,10 @@ def to_html(source: str, source_format: str) -> str:
     if not source.strip():
         raise campaigns.Invalid({"source": "Write the edition first."})
     if source_format == "markdown":
-        body = markdown.markdown(source, extensions=["extra", "sane_lists"], output_format="html")
+        # nl2br: a single newline is a line break, as people expect from a mail.
+        body = markdown.markdown(
+            source, extensions=["extra", "sane_lists", "nl2br"], output_format="html"
+        )
     else:
         body = source
     try:

@@ -1,0 +1,27 @@
+"""Small things a visitor or marketer notices: the favicon, the time-zone list, line breaks."""
+
+from __future__ import annotations
+
+from newsletter import editor
+from newsletter.admin import times
+
+
+def test_the_favicon_is_served_as_an_image_and_linked_from_every_page(client):
+    with client.get("/favicon.ico") as response:  # a file response: close it
+        assert response.status_code == 200
+        assert response.mimetype.startswith("image/")
+        assert response.get_data().lstrip().startswith(b"<svg")
+    page = client.get("/").get_data(as_text=True)
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in page
+
+
+def test_the_time_zone_list_offers_only_real_places_in_order(app):
+    zones = times.zone_choices()
+    assert "Factory" not in zones and "localtime" not in zones
+    assert {"Europe/Berlin", "UTC", "America/New_York"} <= set(zones)
+    assert zones == sorted(zones)
+
+
+def test_a_single_newline_in_markdown_is_a_line_break(app):
+    html = editor.to_html("Viewer 4.2 is out.\nRead the notes.\n\nNew paragraph.", "markdown")
+    assert "Viewer 4.2 is out.<br" in html and html.count("<p") == 2
