@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from flask import current_app
+from flask_babel import gettext
 from sqlalchemy import func, select
 
 from newsletter import addresses, campaign_status, sanitizer, sending
@@ -374,7 +375,9 @@ def send_test(campaign_id: int, to: str) -> None:
     if db.session.scalar(select(AdminUser.id).where(AdminUser.email == address)) is None:
         raise Invalid({"to": "Test copies go only to the address of a staff (admin) account."})
     html = sanitizer.clean(campaign.html)  # also for a draft stored before cleaning existed
-    template = builders.edition_template(campaign.subject, html, campaign.text)
+    # Marked, so that nobody takes the copy in their inbox for the edition that went out.
+    subject = gettext("[Test] %(subject)s", subject=campaign.subject)
+    template = builders.edition_template(subject, html, campaign.text)
     unsubscribe_url = current_app.config["PUBLIC_URL"] + TEST_COPY_PATH
     try:
         smtp.send(

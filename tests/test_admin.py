@@ -376,7 +376,7 @@ def test_test_send_goes_to_the_staff_members_own_address(admin, smtp):
     assert response.status_code == 302
     mails = smtp.to(STAFF)
     assert len(mails) == 1
-    assert mails[0].message["Subject"] == "December edition"
+    assert mails[0].message["Subject"] == "[Test] December edition"
     assert "Release 4.2" in mails[0].html
     assert smtp.to("x@evil.example") == []
     page = admin.get(response.location).get_data(as_text=True)

@@ -486,7 +486,7 @@ def test_test_send_arrives_with_list_unsubscribe_headers(api, smtp, staff):
     [mail] = smtp.messages
     assert mail.rcpt_tos == ["staff@example.com"]
     message = mail.message
-    assert message["Subject"] == "Grüße aus dem Labor"
+    assert message["Subject"] == "[Test] Grüße aus dem Labor"  # not taken for the edition
     url = f"{PUBLIC_URL}/unsubscribe/test-copy-no-subscription"
     assert message["List-Unsubscribe"] == f"<{url}>"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
