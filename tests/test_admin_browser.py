@@ -209,7 +209,7 @@ def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
     assert f"A test copy is on its way to {STAFF}" in page.locator(".flash").inner_text()
     test_copies = smtp.to(STAFF)
     assert len(test_copies) == 1
-    assert test_copies[0].message["Subject"] == "December news: viewer 4.2"
+    assert test_copies[0].message["Subject"] == "[Test] December news: viewer 4.2"
     assert "viewer 4.2" in test_copies[0].text
 
     # Send it now, and watch the bar fill while the worker sends.
@@ -239,6 +239,8 @@ def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
     assert page.locator("#source").is_hidden()
     assert page.get_by_role("button", name="Schedule").is_hidden()
     assert page.get_by_role("button", name="Cancel this campaign").is_hidden()
+    assert page.get_by_text("Sending starts within seconds").is_hidden()  # it has started
+    assert page.locator("#preview").inner_text() == "Preview"  # no lone "2." left
     shoot(page, shots, "progress")
 
     # Every reader got exactly one copy, with their own unsubscribe link.

@@ -25,3 +25,29 @@ def test_the_time_zone_list_offers_only_real_places_in_order(app):
 def test_a_single_newline_in_markdown_is_a_line_break(app):
     html = editor.to_html("Viewer 4.2 is out.\nRead the notes.\n\nNew paragraph.", "markdown")
     assert "Viewer 4.2 is out.<br" in html and html.count("<p") == 2
+
+
+def test_counts_of_one_read_in_the_singular_in_both_languages(admin):
+    from newsletter import campaigns, consent
+    from newsletter.extensions import db
+    from newsletter.models import Campaign, CampaignStatus, Subscriber, utcnow
+
+    db.session.add(
+        Subscriber(
+            email="one@example.com", requested_at=utcnow(), consent_text_id=consent.current().id
+        )
+    )
+    sent = campaigns.create("One reader", "<p>x</p>")
+    db.session.get(Campaign, sent.id).status, sent.recipients = CampaignStatus.SENT, 1
+    db.session.commit()
+    pages = {
+        (path, lang): admin.get(f"{path}?lang={lang}").get_data(as_text=True)
+        for path in ("/admin/", f"/admin/campaigns/{sent.id}")
+        for lang in ("en", "de")
+    }
+    assert "confirmed address today" in pages["/admin/", "en"]
+    assert "bestätigte Adresse heute" in pages["/admin/", "de"]
+    campaign = f"/admin/campaigns/{sent.id}"
+    assert 'of <span data-field="recipients">1</span> recipient\n' in pages[campaign, "en"]
+    assert 'von <span data-field="recipients">1</span> Empfänger\n' in pages[campaign, "de"]
+    assert 'id="unknown-note"' in pages[campaign, "en"]  # what "unknown" means
