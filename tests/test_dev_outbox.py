@@ -107,3 +107,22 @@ def test_newcomer_confirms_through_the_outbox_in_a_browser(page, live_server, wo
     page.get_by_role("button", name="Yes, subscribe me").click()
     expect(page.get_by_role("heading", name="You're subscribed")).to_be_visible()
     assert db.session.scalar(select(Subscriber.email)) == "newcomer@example.com"
+
+
+def test_caught_mail_shows_its_html_sandboxed_its_headers_and_its_source(client, work):
+    sign_up(client, "reader@example.com")
+    work()
+    [mail_path] = MAIL_LINK.findall(client.get("/dev/outbox").get_data(as_text=True))
+    page = client.get(mail_path).get_data(as_text=True)
+    frame = re.search(r'<iframe class="mail-html" src="([^"]+)" sandbox="" title="[^"]+"', page)
+    assert frame, "the HTML part is shown in a frame with every sandbox restriction"
+    html = client.get(frame.group(1))
+    assert html.mimetype == "text/html" and "Confirm subscription" in html.get_data(as_text=True)
+    policy = html.headers["Content-Security-Policy"]
+    assert "sandbox" in policy and "default-src 'none'" in policy
+    assert "frame-ancestors 'self'" in policy
+    headers = re.search(r'<dl class="data card" id="headers">(.*?)</dl>', page, re.S).group(1)
+    for name in ("Message-ID", "Date", "Subject", "MIME-Version"):
+        assert f"<dt>{name}</dt>" in headers
+    assert '<pre class="mail-text" id="raw">' in page
+    assert "Content-Type: multipart/alternative" in page
