@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from newsletter import editor
 from newsletter.admin import times
 
@@ -51,3 +53,20 @@ def test_counts_of_one_read_in_the_singular_in_both_languages(admin):
     assert 'of <span data-field="recipients">1</span> recipient\n' in pages[campaign, "en"]
     assert 'von <span data-field="recipients">1</span> Empfänger\n' in pages[campaign, "de"]
     assert 'id="unknown-note"' in pages[campaign, "en"]  # what "unknown" means
+
+
+def test_an_edition_carries_its_first_words_as_hidden_preview_text(app):
+    from newsletter.mail import builders
+
+    body = editor.to_html(
+        "# December\n\nOur **viewer 4.2** is out. [Read the notes](https://example.com/n).",
+        "markdown",
+    )
+    from newsletter.mail.rendering import html_to_text
+
+    template = builders.edition_template("December", body, html_to_text(body))
+    hidden = re.search(r'<div style="display:none;[^"]*">([^<]*)</div>', template.html)
+    assert hidden, "no preheader"
+    assert hidden.group(1) == "Our viewer 4.2 is out. Read the notes."
+    assert builders.preheader("word " * 100).endswith("…")
+    assert len(builders.preheader("word " * 100)) <= builders.PREHEADER_SIZE
