@@ -172,6 +172,15 @@ def runner(app):
 
 
 @pytest.fixture
+def shots(tmp_path):
+    """docs/screenshots/ with UPDATE_SCREENSHOTS=1, else a temp dir (taken on every run)."""
+    wanted = os.environ.get("UPDATE_SCREENSHOTS") == "1"
+    folder = ROOT / "docs" / "screenshots" if wanted else tmp_path / "shots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
 def outbox(tmp_path):
     """The outbox of ``make run``: an aiosmtpd server writing a Maildir; (folder, port)."""
     from newsletter.devserver import free_port, start_outbox

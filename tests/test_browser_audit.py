@@ -13,6 +13,7 @@ import email
 import email.policy
 import mailbox
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -33,6 +34,14 @@ PHONE = WIDTHS["phone"]
 STAFF = "redaktion@example.com"
 PASSWORD = "barrierefrei 2026 monatlich"
 AXE = Axe()
+# Pages pictured in docs/screenshots/ (README), at both widths in both languages.
+SHOTS = {
+    "subscribe": "subscribe",
+    "manage": "manage",
+    "mail: confirmation": "confirmation-mail",
+    "admin dashboard": "admin-dashboard",
+    "admin campaign sent": "admin-progress",
+}
 # How far the first heading stays below the header bar (null on pages without either).
 HEADING_GAP = """(() => {
   const bar = document.querySelector("header.site"), heading = document.querySelector("main h1");
@@ -59,8 +68,8 @@ def mails_in(folder) -> list[email.message.EmailMessage]:
 class Audit:
     """Runs axe and the sideways-scroll check on the page in its current state."""
 
-    def __init__(self, page, origin: str, language: str) -> None:
-        self.page, self.origin, self.language = page, origin, language
+    def __init__(self, page, origin: str, language: str, shots: Path) -> None:
+        self.page, self.origin, self.language, self.shots = page, origin, language, shots
         self.problems: list[str] = []
         self.audited: list[str] = []
         page.on("request", self._request)
@@ -83,6 +92,10 @@ class Audit:
             for violation in results.response["violations"]:
                 targets = [node["target"] for node in violation["nodes"]][:4]
                 self.problems.append(f"{where}: {violation['id']} ({violation['help']}) {targets}")
+            if name in SHOTS:
+                shot = self.shots / f"{self.language}-{SHOTS[name]}-{width_name}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000, f"{shot.name} looks empty"
             scroll = page.evaluate("document.documentElement.scrollWidth")
             gap = page.evaluate(HEADING_GAP)
             if gap is not None and gap < 16:
@@ -235,14 +248,14 @@ def walk_admin_pages(audit: Audit, work, outbox, language: str) -> None:
 
 @pytest.mark.parametrize("language", ["en", "de"])
 def test_every_page_passes_axe_fits_a_phone_and_loads_only_our_origin(
-    browser, live_server, work, outbox, language
+    browser, live_server, work, outbox, shots, language
 ):
     folder, _ = outbox
     auth.create_admin(STAFF, PASSWORD)
     context = browser.new_context(base_url=live_server.url)
     context.set_default_timeout(15_000)
     page = context.new_page()
-    audit = Audit(page, live_server.url, language)
+    audit = Audit(page, live_server.url, language, shots)
     try:
         walk_public_pages(audit, work, folder, language)
         walk_admin_pages(audit, work, folder, language)
