@@ -47,7 +47,8 @@ def workers(base_environ, tmp_path):
     def start(*args, **env):
         log = open(tmp_path / f"worker-{len(started)}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py"), *args],
+            # Verbose: the tests read RQ's lines about its scheduler and its waiting.
+            [sys.executable, str(ROOT / "worker.py"), "--verbose", *args],
             env={**os.environ, **base_environ, **WORKER_ENV, **env, "PYTHONPATH": str(ROOT)},
             cwd=str(ROOT),
             stdout=log,
