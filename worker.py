@@ -1,4 +1,7 @@
-"""An RQ worker with the scheduler, for any machine: ``python worker.py``.
+"""An RQ worker with the scheduler, for any machine: ``python worker.py [-v] [--burst]``.
+
+Quiet by default: warnings and errors only, so the tick every TICK_INTERVAL writes no
+line; ``-v``/``--verbose`` shows RQ's line for every job it runs.
 
 It builds the app once, before RQ forks a work horse per job (the horse inherits it),
 and keeps the database's periodic tick alive: every TICK_INTERVAL it enqueues the tick
@@ -117,7 +120,7 @@ class SupervisingWorker(Worker):
             pass  # still away; the next look tries again
 
 
-def run_worker(burst: bool, stop: threading.Event) -> None:
+def run_worker(burst: bool, stop: threading.Event, logging_level: str = "WARNING") -> None:
     """Run RQ workers until a signal stops them (or, in burst mode, the jobs run out).
 
     A worker that Redis failed under is replaced after a pause that doubles each time,
@@ -135,7 +138,9 @@ def run_worker(burst: bool, stop: threading.Event) -> None:
                 log_job_description=False,  # descriptions are fixed names anyway
                 stop=stop,
             )
-            worker.work(with_scheduler=True, burst=burst, logging_level="INFO", max_idle_time=None)
+            worker.work(
+                with_scheduler=True, burst=burst, logging_level=logging_level, max_idle_time=None
+            )
             if burst:
                 return
             reason = "see the error above"  # RQ logged why its loop ended
@@ -163,6 +168,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 def main(argv: list[str]) -> int:
     app = create_app()
     burst = "--burst" in argv
+    logging_level = "INFO" if {"-v", "--verbose"} & set(argv) else "WARNING"
     app.app_context().push()
     # A forked work horse must not reuse the parent's database connections.
     os.register_at_fork(after_in_child=lambda: db.engine.dispose(close=False))
@@ -170,7 +176,7 @@ def main(argv: list[str]) -> int:
     if not burst:
         threading.Thread(target=keep_ticking, args=(app, stop), daemon=True, name="tick").start()
     try:
-        run_worker(burst, stop)
+        run_worker(burst, stop, logging_level)
     except StopRequested:
         # RQ's SIGTERM handler can still be installed for a moment after its loop ended
         # (Redis gone): it raises this wherever the main thread is. A stop all the same.

@@ -33,7 +33,7 @@
       }
       if (p.finished) {
         box.removeAttribute("data-live");
-        box.querySelectorAll("[data-hide-when-finished]").forEach(function (el) { el.hidden = true; });
+        document.querySelectorAll("[data-hide-when-finished]").forEach(function (el) { el.hidden = true; });
       }
     }
 

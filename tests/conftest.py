@@ -181,6 +181,33 @@ def runner(app):
 
 
 @pytest.fixture
+def shots(tmp_path):
+    """docs/screenshots/ with UPDATE_SCREENSHOTS=1, else a temp dir (taken on every run)."""
+    wanted = os.environ.get("UPDATE_SCREENSHOTS") == "1"
+    folder = ROOT / "docs" / "screenshots" if wanted else tmp_path / "shots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    """The outbox of ``make run``: an aiosmtpd server writing a Maildir; (folder, port)."""
+    from newsletter.devserver import free_port, start_outbox
+
+    folder = tmp_path / "outbox"
+    port = free_port()
+    server = start_outbox(folder, port)
+    yield folder, port
+    server.stop()
+
+
+def outbox_config(outbox) -> dict:
+    """Settings for an ``app_config`` whose mail goes to the ``outbox`` (/dev/outbox on)."""
+    folder, port = outbox
+    return {"NEWSLETTER_ENV": "development", "DEV_OUTBOX_DIR": str(folder), "MAIL_PORT": port}
+
+
+@pytest.fixture
 def smtp(smtp_server):
     return smtp_server
 

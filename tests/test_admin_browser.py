@@ -244,6 +244,8 @@ def test_marketer_writes_previews_tests_sends_and_watches_an_edition(
     assert page.locator("#source").is_hidden()
     assert page.get_by_role("button", name="Schedule").is_hidden()
     assert page.get_by_role("button", name="Cancel this campaign").is_hidden()
+    assert page.get_by_text("Sending starts within seconds").is_hidden()  # it has started
+    assert page.locator("#preview").inner_text() == "Preview"  # no lone "2." left
     shoot(page, shots, "progress")
 
     # Every reader got exactly one copy, with their own unsubscribe link.

@@ -8,7 +8,6 @@ UPDATE_SCREENSHOTS=1), as the admin browser test does for its pages.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from tests.conftest import link_in
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
 STAFF = "redaktion@example.com"
 PASSWORD = "monatliche Ausgabe 2026"
 NEW_WORDING = (
@@ -40,15 +38,6 @@ def app_config():
         "CONTROLLER_ADDRESS": "Hafenstraße 1, 18055 Rostock",
         "CONTROLLER_EMAIL": "datenschutz@example.com",
     }
-
-
-@pytest.fixture
-def shots(tmp_path):
-    """docs/screenshots/ with UPDATE_SCREENSHOTS=1, else a temp dir (taken on every run)."""
-    wanted = os.environ.get("UPDATE_SCREENSHOTS") == "1"
-    folder = ROOT / "docs" / "screenshots" if wanted else tmp_path / "shots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def shoot(page, folder: Path, name: str) -> None:

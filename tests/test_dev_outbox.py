@@ -9,28 +9,16 @@ from playwright.sync_api import expect
 from sqlalchemy import select
 
 from newsletter import create_app
-from newsletter.devserver import free_port, start_outbox
 from newsletter.extensions import db, get_redis
 from newsletter.models import Subscriber
-from tests.conftest import PUBLIC_URL, csrf_token, path_of
+from tests.conftest import PUBLIC_URL, csrf_token, outbox_config, path_of
 
 MAIL_LINK = re.compile(r'href="(/dev/outbox/[^"]+)"')
 
 
 @pytest.fixture
-def outbox(tmp_path):
-    """The devserver's outbox: an aiosmtpd server writing a Maildir."""
-    folder = tmp_path / "outbox"
-    port = free_port()
-    server = start_outbox(folder, port)
-    yield folder, port
-    server.stop()
-
-
-@pytest.fixture
 def app_config(outbox):
-    folder, port = outbox
-    return {"NEWSLETTER_ENV": "development", "DEV_OUTBOX_DIR": str(folder), "MAIL_PORT": port}
+    return outbox_config(outbox)
 
 
 def sign_up(client, email):
@@ -119,3 +107,22 @@ def test_newcomer_confirms_through_the_outbox_in_a_browser(page, live_server, wo
     page.get_by_role("button", name="Yes, subscribe me").click()
     expect(page.get_by_role("heading", name="You're subscribed")).to_be_visible()
     assert db.session.scalar(select(Subscriber.email)) == "newcomer@example.com"
+
+
+def test_caught_mail_shows_its_html_sandboxed_its_headers_and_its_source(client, work):
+    sign_up(client, "reader@example.com")
+    work()
+    [mail_path] = MAIL_LINK.findall(client.get("/dev/outbox").get_data(as_text=True))
+    page = client.get(mail_path).get_data(as_text=True)
+    frame = re.search(r'<iframe class="mail-html" src="([^"]+)" sandbox="" title="[^"]+"', page)
+    assert frame, "the HTML part is shown in a frame with every sandbox restriction"
+    html = client.get(frame.group(1))
+    assert html.mimetype == "text/html" and "Confirm subscription" in html.get_data(as_text=True)
+    policy = html.headers["Content-Security-Policy"]
+    assert "sandbox" in policy and "default-src 'none'" in policy
+    assert "frame-ancestors 'self'" in policy
+    headers = re.search(r'<dl class="data card" id="headers">(.*?)</dl>', page, re.S).group(1)
+    for name in ("Message-ID", "Date", "Subject", "MIME-Version"):
+        assert f"<dt>{name}</dt>" in headers
+    assert '<pre class="mail-text" id="raw">' in page
+    assert "Content-Type: multipart/alternative" in page

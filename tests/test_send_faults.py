@@ -50,7 +50,8 @@ def workers(base_environ, tmp_path):
     def start(*args, prefix=(), **env):
         log = open(tmp_path / f"worker-{len(started)}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
-            [*prefix, sys.executable, str(ROOT / "worker.py"), *args],
+            # Verbose: the tests read RQ's lines about its scheduler and its waiting.
+            [*prefix, sys.executable, str(ROOT / "worker.py"), "--verbose", *args],
             env={**os.environ, **base_environ, **WORKER_ENV, **env, "PYTHONPATH": python_path(env)},
             cwd=str(ROOT),
             stdout=log,

@@ -20,7 +20,7 @@ def test_worker_process_sends_the_confirmation_and_logs_no_address(app, client, 
     )
     assert response.status_code == 200
     db.session.remove()
-    result = run_worker_process(base_environ, "--burst")
+    result = run_worker_process(base_environ, "--burst", "--verbose")
     assert result.returncode == 0, result.stderr[-2000:]
     assert [m.rcpt_tos for m in smtp.messages] == [["worker.reader@example.com"]]
     logs = result.stdout + result.stderr
@@ -54,3 +54,34 @@ def test_a_worker_process_does_not_pay_for_password_hashing(base_environ):
     assert result.returncode == 0, result.stderr[-2000:]
     peak_mib = int(result.stdout.split()[-1]) / 1024
     assert peak_mib < 120, f"a worker's start-up peaked at {peak_mib:.0f} MiB"
+
+
+def run_ticking_worker(base_environ, *args: str, seconds: float = 10) -> str:
+    """Run ``python worker.py`` ticking every second for a few seconds; its output."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "worker.py"), *args],
+        env={**os.environ, **base_environ, "PYTHONPATH": str(ROOT), "TICK_INTERVAL": "1s"},
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(seconds)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    return output
+
+
+def test_a_worker_ticks_quietly_by_default_and_tells_every_job_with_verbose(app, base_environ):
+    quiet = run_ticking_worker(base_environ)
+    assert "tick" not in quiet.lower(), quiet[-2000:]
+    verbose = run_ticking_worker(base_environ, "--verbose")
+    assert verbose.lower().count("tick") >= 3, verbose[-2000:]  # one job per second

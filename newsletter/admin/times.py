@@ -28,8 +28,13 @@ def slot() -> MonthlySlot:
     return MonthlySlot.parse(current_app.config["MONTHLY_SLOT"])
 
 
+# In the tz database but no place anyone plans a send in ("Factory" names no zone;
+# "localtime" is whatever the server is set to).
+NOT_ZONES = {"Factory", "localtime"}
+
+
 def zone_choices() -> list[str]:
-    return sorted(available_timezones())
+    return sorted(available_timezones() - NOT_ZONES)
 
 
 def localtime(moment: datetime | None, zone: str | None = None) -> str:

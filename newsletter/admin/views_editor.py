@@ -229,7 +229,8 @@ def schedule(campaign_id: int):
     if note:
         flash(note, "alert")
     elif when == "now":
-        flash(gettext("Sending starts within seconds. This page shows the progress."), "notice")
+        # Shown until the page sees the send finish (static/admin.js hides it then).
+        flash(gettext("Sending starts within seconds. This page shows the progress."), "until-sent")
     else:
         when = times.localtime(scheduled.send_at)
         flash(gettext("Scheduled for %(when)s.", when=when), "notice")

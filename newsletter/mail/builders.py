@@ -10,6 +10,7 @@ which Gmail then ignores (RFC 2369/8058 want the URL in plain angle brackets).
 from __future__ import annotations
 
 import binascii
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from newsletter import i18n
 from newsletter.addresses import smtp_form
 
 CRLF = "\r\n"
+PREHEADER_SIZE = 110  # characters: about what mail clients show after the subject
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 UNSUBSCRIBE_PLACEHOLDER = "{{unsubscribe_url}}"
 
 
@@ -198,6 +201,17 @@ def test_subject(subject: str, language: str | None = None) -> str:
         return gettext("[Test] %(subject)s", subject=subject)
 
 
+def preheader(text: str, size: int = PREHEADER_SIZE) -> str:
+    """The preview line a mail client shows after the subject: the edition's first words.
+
+    Headings are skipped (the subject says the same) and Markdown links lose their URL.
+    """
+    lines = (line.strip() for line in text.splitlines())
+    words = " ".join(line for line in lines if line and not line.startswith("#"))
+    words = " ".join(_LINK.sub(r"\1", words).replace("**", "").split())
+    return words if len(words) <= size else words[: size - 1].rsplit(" ", 1)[0] + "…"
+
+
 def edition_template(
     subject: str, html: str, text: str, language: str | None = None
 ) -> MailTemplate:
@@ -207,7 +221,11 @@ def edition_template(
     to both parts and to the List-Unsubscribe header. The frame (footer, legal notice)
     is in ``language``, the fallback by default: the main version's language.
     """
-    context = {"subject": subject, "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER}
+    context = {
+        "subject": subject,
+        "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER,
+        "preheader": preheader(text),
+    }
     with i18n.force_locale(language):
         html_document = render_template("mail/edition.html", body=html, **context)
         text_document = render_template("mail/edition.txt", body=text, **context)

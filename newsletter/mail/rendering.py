@@ -42,7 +42,10 @@ def body_html(source: str, source_format: str) -> str:
     Raises ValueError, in words for staff, for HTML that cannot be prepared for mail.
     """
     if source_format == "markdown":
-        body = markdown.markdown(source, extensions=["extra", "sane_lists"], output_format="html")
+        # nl2br: a single newline is a line break, as people expect from a mail.
+        body = markdown.markdown(
+            source, extensions=["extra", "sane_lists", "nl2br"], output_format="html"
+        )
     else:
         body = source
     try:

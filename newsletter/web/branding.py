@@ -6,7 +6,7 @@ tiny style sheet. Both URLs carry a version, so browsers may keep them for long.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, abort, render_template, request
+from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter import look
@@ -44,6 +44,13 @@ def theme():
     return _cached(response, bool(request.args.get("v")))
 
 
+def favicon():
+    """``/favicon.ico``, which browsers and feed readers ask for whatever the page links."""
+    response = current_app.send_static_file("favicon.svg")
+    response.mimetype = "image/svg+xml"
+    return response
+
+
 def site_brand() -> look.Brand:
     """The brand for a page; the default one when the database cannot say (error pages)."""
     try:
@@ -55,4 +62,5 @@ def site_brand() -> look.Brand:
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
+    app.add_url_rule("/favicon.ico", "favicon", favicon)
     app.add_template_global(site_brand)

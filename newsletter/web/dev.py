@@ -16,7 +16,8 @@ from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from flask import Blueprint, Flask, abort, current_app, render_template
+import flask_babel
+from flask import Blueprint, Flask, Response, abort, current_app, g, render_template
 
 bp = Blueprint("dev", __name__, url_prefix="/dev")
 
@@ -35,6 +36,9 @@ class CaughtMail:
     date: datetime
     text: str = ""
     links: list[str] = field(default_factory=list)
+    html: str = ""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    raw: str = ""
 
     @property
     def delivered(self) -> tuple[int, int]:
@@ -82,9 +86,19 @@ def _parse(key: str, raw: bytes, with_body: bool) -> CaughtMail:
         text = message.get_body(preferencelist=("plain",))
         html = message.get_body(preferencelist=("html",))
         caught.text = text.get_content() if text is not None else ""
+        caught.html = html.get_content() if html is not None else ""
+        caught.headers = [(name, str(value)) for name, value in message.items()]
+        caught.raw = raw.decode("utf-8", errors="replace")
         found = _URL.findall(caught.text) + (_URL.findall(html.get_content()) if html else [])
         caught.links = list(dict.fromkeys(link.rstrip(".,;") for link in found))
     return caught
+
+
+@bp.before_request
+def in_english() -> None:
+    """The outbox is a developer's tool in English only: its pages say so (``lang="en"``)."""
+    flask_babel.refresh()
+    g.page_language = "en"
 
 
 @bp.get("/outbox")
@@ -97,8 +111,7 @@ def outbox():
     )
 
 
-@bp.get("/outbox/<key>")
-def caught_mail(key: str):
+def _caught(key: str) -> CaughtMail:
     box = _outbox()
     if box is None or not _KEY.match(key):
         abort(404)
@@ -106,7 +119,23 @@ def caught_mail(key: str):
         raw = box.get_bytes(key)
     except KeyError:
         abort(404)
-    return render_template("dev/mail.html", mail=_parse(key, raw, True))
+    return _parse(key, raw, True)
+
+
+@bp.get("/outbox/<key>")
+def caught_mail(key: str):
+    return render_template("dev/mail.html", mail=_caught(key))
+
+
+@bp.get("/outbox/<key>/html")
+def caught_html(key: str):
+    """The HTML part alone, for the sandboxed frame on the mail's page: no scripts, no
+    requests anywhere (mails carry no images), framed only by our own page."""
+    response = Response(_caught(key).html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'; sandbox"
+    )
+    return response
 
 
 def init_app(app: Flask) -> None:

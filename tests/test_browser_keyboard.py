@@ -1,0 +1,89 @@
+"""Keyboard only, in Debian's headless chromium: Tab, Enter and Space, no mouse.
+
+A visitor signs up, a marketer logs in and schedules an edition; each control they use
+shows a visible focus outline when the keyboard reaches it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+from sqlalchemy import select
+
+from newsletter import auth, campaigns
+from newsletter.extensions import db
+from newsletter.models import Campaign, CampaignStatus, PendingSignup
+
+pytestmark = pytest.mark.browser
+
+STAFF = "tastatur@example.com"
+PASSWORD = "only the keyboard 2026"
+
+
+def tab_to(page, selector: str, limit: int = 40) -> None:
+    """Press Tab until ``selector`` has the focus; fail if it never does."""
+    target = page.locator(selector)
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if target.evaluate("element => element === document.activeElement"):
+            outline = target.evaluate("element => getComputedStyle(element).outlineStyle")
+            assert outline not in ("none", ""), f"{selector} has no visible focus outline"
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+@pytest.fixture
+def keyboard_page(page):
+    page.set_viewport_size({"width": 1100, "height": 900})
+    return page
+
+
+def test_a_visitor_signs_up_with_the_keyboard_only(keyboard_page, live_server):
+    page = keyboard_page
+    page.goto("/?lang=en")
+    tab_to(page, "#email")
+    page.keyboard.type("tasten@example.com")
+    tab_to(page, "#consent")
+    page.keyboard.press("Space")
+    expect(page.locator("#consent")).to_be_checked()
+    tab_to(page, "form button[type=submit]")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+    assert db.session.scalar(select(PendingSignup.email)) == "tasten@example.com"
+
+
+def test_an_error_is_announced_and_tied_to_its_field(keyboard_page, live_server):
+    page = keyboard_page
+    page.goto("/?lang=en")
+    tab_to(page, "form button[type=submit]")
+    page.keyboard.press("Enter")
+    email = page.locator("#email")
+    expect(email).to_have_attribute("aria-invalid", "true")
+    described = email.get_attribute("aria-describedby")
+    expect(page.locator(f"#{described}")).to_contain_text("email address")
+    expect(page.locator("#form-errors")).to_have_attribute("role", "alert")
+
+
+def test_a_marketer_logs_in_and_schedules_with_the_keyboard_only(keyboard_page, live_server):
+    auth.create_admin(STAFF, PASSWORD)
+    draft = campaigns.create("Keyboard edition", "<p>Hello</p>")
+    page = keyboard_page
+    page.goto("/admin/login?lang=en")
+    tab_to(page, "#email")
+    page.keyboard.type(STAFF)
+    tab_to(page, "#password")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("#subscriber-count")).to_be_visible()
+
+    page.goto(f"/admin/campaigns/{draft.id}?lang=en")
+    # Tab reaches the checked radio button of the group: the next monthly slot.
+    tab_to(page, "#when-slot")
+    expect(page.locator("#when-slot")).to_be_checked()
+    tab_to(page, "form[action*='/schedule'] button[type=submit]")
+    page.keyboard.press("Enter")
+    expect(page.locator(".flash")).to_contain_text("Scheduled for")
+    db.session.expire_all()
+    scheduled = db.session.get(Campaign, draft.id)
+    assert scheduled.status == CampaignStatus.SCHEDULED
+    assert scheduled.send_at == campaigns.next_slot()
