@@ -16,7 +16,7 @@ from newsletter import auth, consent
 from newsletter.extensions import db
 from newsletter.models import Campaign, CampaignStatus, Subscriber, utcnow
 from tests.test_admin_browser import write_new_edition
-from tests.test_browser_languages import shoot, shots  # noqa: F401 - a fixture
+from tests.test_browser_languages import shoot
 
 pytestmark = pytest.mark.browser
 
@@ -46,7 +46,7 @@ def test_staff_write_a_german_tab_preview_it_and_each_reader_gets_their_language
     live_server,
     work,
     smtp,
-    shots,  # noqa: F811
+    shots,
 ):
     add_reader("leser@example.com", "de")
     add_reader("reader@example.com", "en")
