@@ -161,7 +161,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def main(argv: list[str]) -> int:
-    app = create_app()
+    app = create_app(front_ends=False)
     burst = "--burst" in argv
     app.app_context().push()
     # A forked work horse must not reuse the parent's database connections.
