@@ -166,7 +166,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def main(argv: list[str]) -> int:
-    app = create_app()
+    app = create_app(front_ends=False)
     burst = "--burst" in argv
     logging_level = "INFO" if {"-v", "--verbose"} & set(argv) else "WARNING"
     app.app_context().push()

@@ -15,8 +15,16 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def create_app(test_config: dict | None = None, environ: dict | None = None) -> Flask:
-    """Create the app from the environment (or ``environ``), then apply ``test_config``."""
+def create_app(
+    test_config: dict | None = None, environ: dict | None = None, *, front_ends: bool = True
+) -> Flask:
+    """Create the app from the environment (or ``environ``), then apply ``test_config``.
+
+    ``front_ends=False`` is the app a worker runs jobs with: without the staff pages, the
+    API, the command line and the migrations (pydantic, Alembic and the rest are about
+    30 MB that every work horse would inherit); the public pages stay, since mail links
+    and the pages' shared set-up (language, branding) come with them.
+    """
     # Imported here, not at the top: any ``import newsletter.x`` runs this module first,
     # and only the factory needs every part of the app (the blueprints import services).
     from newsletter import config as config_module
@@ -24,11 +32,11 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     from newsletter.extensions import (
         csrf,
         db,
+        init_migrations,
         init_redis,
         limiter,
         limiter_storage_uri,
         mail,
-        migrate,
     )
 
     app = Flask(
@@ -80,13 +88,13 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
 
     db.init_app(app)
     i18n.init_app(app)
-    migrate.init_app(app, db, directory=str(ROOT / "migrations"))
+    if front_ends:
+        init_migrations(app, str(ROOT / "migrations"))
     mail.init_app(app)
     csrf.init_app(app)
     limiter.init_app(app)
     init_redis(app, redis_url, embedded_folder=app.instance_path if embedded else None)
 
-    from newsletter import admin, api, bounces_cli, cli
     from newsletter.web import branding, dev, manage, public, security
     from newsletter.web import i18n as web_i18n
 
@@ -95,11 +103,14 @@ def create_app(test_config: dict | None = None, environ: dict | None = None) -> 
     branding.init_app(app)
     public.init_app(app)
     manage.init_app(app)
-    api.init_app(app)
-    admin.init_app(app)
     dev.init_app(app)  # only in development, with a local outbox
-    cli.init_app(app)
-    bounces_cli.init_app(app)
+    if front_ends:
+        from newsletter import admin, api, bounces_cli, cli
+
+        api.init_app(app)
+        admin.init_app(app)
+        cli.init_app(app)
+        bounces_cli.init_app(app)
     return app
 
 

@@ -9,7 +9,6 @@ import redis
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from flask_mail import Mail
-from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import DeclarativeBase
@@ -29,10 +28,16 @@ def client_ip_key() -> str:
 
 
 db = SQLAlchemy(model_class=Base)
-migrate = Migrate()
 mail = Mail()
 csrf = CSRFProtect()
 limiter = Limiter(client_ip_key, default_limits=[], headers_enabled=True, key_prefix="nl")
+
+
+def init_migrations(app: Flask, directory: str) -> None:
+    """``flask db``: Flask-Migrate and Alembic (about 11 MB) only where the CLI may run."""
+    from flask_migrate import Migrate
+
+    Migrate(app, db, directory=directory)
 
 
 def init_redis(app: Flask, url: str, embedded_folder: str | None = None) -> None:

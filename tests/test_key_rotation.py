@@ -37,3 +37,20 @@ def test_a_session_signed_with_the_old_key_still_posts_the_form(app, client):
         data={"email": "rot@example.com", "consent": "yes", "csrf_token": csrf_token(client)},
     )
     assert response.status_code == 200
+
+
+def test_a_compressed_token_from_itsdangerous_still_reads(app):
+    """Our tokens skip zlib; one made by itsdangerous's own dumps (compressed) still reads."""
+    from itsdangerous import URLSafeSerializer
+
+    from newsletter import tokens
+
+    key = "a" * 30  # repetitive enough for zlib to shorten it
+    with app.app_context():
+        theirs = URLSafeSerializer(app.config["SECRET_KEY"], salt="newsletter-unsubscribe")
+        compressed = theirs.dumps(key)
+        ours = tokens.make(tokens.Purpose.UNSUBSCRIBE, key)
+        assert compressed.startswith(".") and not ours.startswith(".")
+        assert tokens.read(tokens.Purpose.UNSUBSCRIBE, compressed) == key
+        assert tokens.read(tokens.Purpose.UNSUBSCRIBE, ours) == key
+        assert theirs.loads(ours) == key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from newsletter.extensions import db
@@ -174,6 +175,27 @@ def test_idn_domain_is_sent_to_its_idna2008_form(client, work, smtp):
     [mail] = smtp.messages
     assert mail.rcpt_tos == ["leser@xn--strae-oqa.de"]  # IDNA 2003 would say strasse.de
     assert "To: leser@xn--strae-oqa.de" in mail.data.decode()
+
+
+def test_a_stored_address_is_sent_to_the_form_email_validator_gives(app):
+    """The sending path skips email-validator for the ASCII addresses it stored."""
+    from newsletter.addresses import normalize, smtp_form, stored_smtp_form
+
+    typed = [
+        "Leser@Example.COM",
+        "first.last+news@mail.example.org",
+        "o'brien-x_y@sub-1.example.co.uk",
+        "weird!#$%&*/=?^`{|}~@example.com",
+        "leser@straße.de",
+        "leser@xn--strae-oqa.de",
+        "user@例子.广告",
+    ]
+    for address in typed:
+        stored = normalize(address, check_deliverability=False)
+        assert stored_smtp_form(stored) == smtp_form(stored), address
+    assert stored_smtp_form("leser@straße.de") == "leser@xn--strae-oqa.de"
+    with pytest.raises(ValueError):  # not a stored form: email-validator still judges it
+        stored_smtp_form("a..b@example.com")
 
 
 def test_consent_is_required(client, work, smtp):

@@ -22,7 +22,7 @@ from flask import current_app, render_template
 from flask_babel import gettext
 
 from newsletter import i18n
-from newsletter.addresses import smtp_form
+from newsletter.addresses import smtp_form, stored_smtp_form
 
 CRLF = "\r\n"
 PREHEADER_SIZE = 110  # characters: about what mail clients show after the subject
@@ -123,13 +123,27 @@ class MailTemplate:
         self.headers = {name: check_header_value(name, v) for name, v in (headers or {}).items()}
         self.boundary = f"==nl-{secrets.token_hex(12)}=="
         self.subject_header = _encode_header_text(subject)
+        self._message_ids: list[str] = []
 
-    def render(self, to: str, values: dict[str, str] | None = None) -> OutgoingMail:
-        """Return the message for ``to`` with each ``{{name}}`` placeholder filled in."""
+    def _message_id(self) -> str:
+        # Random bytes for 256 Message-IDs at a time: each getrandom call lets the other
+        # threads (the SMTP connections) take the interpreter lock, and waits to get it back.
+        if not self._message_ids:
+            pool = secrets.token_hex(16 * 256)
+            self._message_ids = [pool[i : i + 32] for i in range(0, len(pool), 32)]
+        return f"<{self._message_ids.pop()}@{self.msgid_domain}>"
+
+    def render(
+        self, to: str, values: dict[str, str] | None = None, *, stored: bool = False
+    ) -> OutgoingMail:
+        """Return the message for ``to`` with each ``{{name}}`` placeholder filled in.
+
+        ``stored``: ``to`` is an address as ``addresses.normalize`` stored it (a reader's).
+        """
         values = values or {}
         for value in values.values():
             check_header_value("placeholder", value)
-        recipient = smtp_form(to)
+        recipient = stored_smtp_form(to) if stored else smtp_form(to)
 
         def fill(template: str) -> str:
             for name, value in values.items():
@@ -141,7 +155,7 @@ class MailTemplate:
             f"To: {recipient}",
             f"Subject: {self.subject_header}",
             f"Date: {formatdate(time.time(), usegmt=True)}",
-            f"Message-ID: <{secrets.token_hex(16)}@{self.msgid_domain}>",
+            f"Message-ID: {self._message_id()}",
             "MIME-Version: 1.0",
             *(f"{name}: {fill(value)}" for name, value in self.headers.items()),
             f'Content-Type: multipart/alternative; boundary="{self.boundary}"',

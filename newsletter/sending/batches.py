@@ -77,6 +77,13 @@ def send_batch(batch_id: int) -> None:
 class BatchRun(Run):
     """One worker's run over one leased batch; ``policy`` says what each answer does."""
 
+    _columns = (
+        subscriber_table.c.id,
+        subscriber_table.c.email,
+        subscriber_table.c.token_key,
+        subscriber_table.c.language,  # which version of the edition they get
+    )
+
     def __init__(self, batch_id: int, owner: str) -> None:
         row = db.session.execute(select(batch_table).where(batch_table.c.id == batch_id)).one()
         db.session.rollback()
@@ -96,13 +103,10 @@ class BatchRun(Run):
                 lease_until=lease_until(),
             )
         )
+        # The same columns as ``_fresh``: a reader unchanged since the page was read is
+        # the same row, and their copy rendered from it stands.
         self._page = (
-            select(
-                subscriber_table.c.id,
-                subscriber_table.c.email,
-                subscriber_table.c.token_key,
-                subscriber_table.c.language,  # which version of the edition they get
-            )
+            select(*self._columns)
             .where(
                 subscriber_table.c.id > bindparam("after"), subscriber_table.c.id <= self.last_id
             )
@@ -110,12 +114,9 @@ class BatchRun(Run):
             .limit(PAGE_SIZE)
         )
         self._readers: list = []  # the group under way, as re-read right before sending
-        self._fresh = select(
-            subscriber_table.c.id,
-            subscriber_table.c.email,
-            subscriber_table.c.token_key,
-            subscriber_table.c.language,  # which version of the edition they get
-        ).where(subscriber_table.c.id.in_(bindparam("sids", expanding=True)))
+        self._fresh = select(*self._columns).where(
+            subscriber_table.c.id.in_(bindparam("sids", expanding=True))
+        )
 
     def send(self) -> None:
         try:

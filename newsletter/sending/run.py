@@ -114,7 +114,9 @@ class Run:
         template = self.template_for(subscriber.language)
         try:
             mail = template.render(
-                subscriber.email, {"unsubscribe_url": tokens.unsubscribe_url(subscriber)}
+                subscriber.email,
+                {"unsubscribe_url": tokens.unsubscribe_url(subscriber)},
+                stored=True,
             )
             # With BOUNCE_ADDRESS, a later bounce names this edition and this reader (VERP).
             sender = verp.envelope_sender(verp.TagKind.EDITION, self.campaign_id, subscriber.id)
