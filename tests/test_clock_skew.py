@@ -75,18 +75,27 @@ def clock_ahead(request):
     return clock_ahead_environ()
 
 
+def soon_time(campaign_id: int):
+    return db.session.scalar(select(Campaign.send_at).where(Campaign.id == campaign_id))
+
+
 def test_the_database_clock_orders_with_stored_times_to_the_millisecond(app):
     """The SQL clock compares correctly with what UTCDateTime stored (text on SQLite)."""
     now = db_clock.read()
     assert abs(now - utcnow()) < timedelta(seconds=2)  # one machine: the same clock
-    soon = add_campaign(send_at=now + timedelta(milliseconds=400))
-    past = add_campaign(send_at=now - timedelta(milliseconds=400))
+    # A millisecond before: a clock that dropped the fraction would not find it due. Two
+    # seconds ahead leaves room for a loaded machine between the read and the query.
+    soon = add_campaign(send_at=now + timedelta(seconds=2))
+    past = add_campaign(send_at=now - timedelta(milliseconds=1))
     due = select(Campaign.id).where(Campaign.send_at <= db_clock.now()).order_by(Campaign.id)
     assert db.session.scalars(due).all() == [past]
-    later = select(Campaign.id).where(Campaign.send_at <= db_clock.now(1))
+    later = select(Campaign.id).where(Campaign.send_at <= db_clock.now(10))
     assert sorted(db.session.scalars(later).all()) == [soon, past]
     db.session.rollback()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 20
+    while db_clock.read() <= soon_time(soon) and time.monotonic() < deadline:
+        db.session.rollback()
+        time.sleep(0.1)
     assert db.session.scalars(due).all() == [soon, past]
     # A time written by the SQL clock reads back as an aware UTC datetime.
     db.session.execute(update(Campaign).where(Campaign.id == soon).values(send_at=db_clock.now(30)))
