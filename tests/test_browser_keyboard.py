@@ -1,7 +1,8 @@
 """Keyboard only, in Debian's headless chromium: Tab, Enter and Space, no mouse.
 
-A visitor signs up, a marketer logs in and schedules an edition; each control they use
-shows a visible focus outline when the keyboard reaches it.
+A visitor signs up, confirms and unsubscribes; a marketer logs in, writes and schedules
+an edition; each control they use shows a visible focus outline when the keyboard
+reaches it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from newsletter import auth, campaigns
+from newsletter import auth, campaigns, tokens
 from newsletter.extensions import db
-from newsletter.models import Campaign, CampaignStatus, PendingSignup
+from newsletter.models import Campaign, CampaignStatus, PendingSignup, Subscriber
+from tests.conftest import link_in, path_of
 
 pytestmark = pytest.mark.browser
 
@@ -87,3 +89,57 @@ def test_a_marketer_logs_in_and_schedules_with_the_keyboard_only(keyboard_page, 
     scheduled = db.session.get(Campaign, draft.id)
     assert scheduled.status == CampaignStatus.SCHEDULED
     assert scheduled.send_at == campaigns.next_slot()
+
+
+def test_a_reader_confirms_and_unsubscribes_with_the_keyboard_only(
+    keyboard_page, live_server, work, smtp
+):
+    page = keyboard_page
+    page.goto("/?lang=en")
+    tab_to(page, "#email")
+    page.keyboard.type("tasten@example.com")
+    tab_to(page, "#consent")
+    page.keyboard.press("Space")
+    tab_to(page, "form button[type=submit]")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+    work()
+    page.goto(path_of(link_in(smtp.to("tasten@example.com")[-1].text, "confirm")))
+    tab_to(page, "main form button[type=submit]")
+    page.keyboard.press("Enter")
+    expect(page.locator("main h1")).to_contain_text("subscribed")
+    db.session.expire_all()
+    reader = db.session.scalar(select(Subscriber).where(Subscriber.email == "tasten@example.com"))
+    assert reader is not None and reader.confirmed_at is not None
+
+    page.goto(path_of(tokens.unsubscribe_url(reader)))
+    tab_to(page, "main form button[type=submit]")
+    page.keyboard.press("Enter")
+    expect(page.locator("main h1")).to_be_visible()
+    db.session.expire_all()
+    assert db.session.scalar(select(Subscriber.id)) is None
+
+
+def test_a_marketer_writes_an_edition_with_the_keyboard_only(keyboard_page, live_server):
+    auth.create_admin(STAFF, PASSWORD)
+    page = keyboard_page
+    page.goto("/admin/login?lang=en")
+    tab_to(page, "#email")
+    page.keyboard.type(STAFF)
+    tab_to(page, "#password")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("#subscriber-count")).to_be_visible()
+
+    page.goto("/admin/campaigns/new?lang=en")
+    tab_to(page, "#subject")
+    page.keyboard.type("Written with keys")
+    tab_to(page, "#source")
+    page.keyboard.type("# Hello\n\nOnly the keyboard wrote this.")
+    tab_to(page, "main form button.primary[type=submit]")
+    page.keyboard.press("Enter")
+    expect(page.locator(".flash")).to_be_visible()
+    db.session.expire_all()
+    draft = db.session.scalar(select(Campaign).where(Campaign.subject == "Written with keys"))
+    assert draft is not None and draft.status == CampaignStatus.DRAFT
+    assert "Only the keyboard wrote this." in draft.html
