@@ -34,6 +34,17 @@ def tab_to(page, selector: str, limit: int = 40) -> None:
     raise AssertionError(f"Tab never reached {selector}")
 
 
+def log_in_with_keys(page) -> None:
+    """Staff log in with Tab, typing and Enter; the dashboard shows."""
+    page.goto("/admin/login?lang=en")
+    tab_to(page, "#email")
+    page.keyboard.type(STAFF)
+    tab_to(page, "#password")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("#subscriber-count")).to_be_visible()
+
+
 @pytest.fixture
 def keyboard_page(page):
     page.set_viewport_size({"width": 1100, "height": 900})
@@ -70,13 +81,7 @@ def test_a_marketer_logs_in_and_schedules_with_the_keyboard_only(keyboard_page, 
     auth.create_admin(STAFF, PASSWORD)
     draft = campaigns.create("Keyboard edition", "<p>Hello</p>")
     page = keyboard_page
-    page.goto("/admin/login?lang=en")
-    tab_to(page, "#email")
-    page.keyboard.type(STAFF)
-    tab_to(page, "#password")
-    page.keyboard.type(PASSWORD)
-    page.keyboard.press("Enter")
-    expect(page.locator("#subscriber-count")).to_be_visible()
+    log_in_with_keys(page)
 
     page.goto(f"/admin/campaigns/{draft.id}?lang=en")
     # Tab reaches the checked radio button of the group: the next monthly slot.
@@ -123,13 +128,7 @@ def test_a_reader_confirms_and_unsubscribes_with_the_keyboard_only(
 def test_a_marketer_writes_an_edition_with_the_keyboard_only(keyboard_page, live_server):
     auth.create_admin(STAFF, PASSWORD)
     page = keyboard_page
-    page.goto("/admin/login?lang=en")
-    tab_to(page, "#email")
-    page.keyboard.type(STAFF)
-    tab_to(page, "#password")
-    page.keyboard.type(PASSWORD)
-    page.keyboard.press("Enter")
-    expect(page.locator("#subscriber-count")).to_be_visible()
+    log_in_with_keys(page)
 
     page.goto("/admin/campaigns/new?lang=en")
     tab_to(page, "#subject")
