@@ -34,6 +34,19 @@ def tab_to(page, selector: str, limit: int = 40) -> None:
     raise AssertionError(f"Tab never reached {selector}")
 
 
+def sign_up_with_keys(page, address: str) -> None:
+    """A visitor types the address, ticks consent with Space and submits with Enter."""
+    page.goto("/?lang=en")
+    tab_to(page, "#email")
+    page.keyboard.type(address)
+    tab_to(page, "#consent")
+    page.keyboard.press("Space")
+    expect(page.locator("#consent")).to_be_checked()
+    tab_to(page, "form button[type=submit]")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+
+
 def log_in_with_keys(page) -> None:
     """Staff log in with Tab, typing and Enter; the dashboard shows."""
     page.goto("/admin/login?lang=en")
@@ -53,15 +66,7 @@ def keyboard_page(page):
 
 def test_a_visitor_signs_up_with_the_keyboard_only(keyboard_page, live_server):
     page = keyboard_page
-    page.goto("/?lang=en")
-    tab_to(page, "#email")
-    page.keyboard.type("tasten@example.com")
-    tab_to(page, "#consent")
-    page.keyboard.press("Space")
-    expect(page.locator("#consent")).to_be_checked()
-    tab_to(page, "form button[type=submit]")
-    page.keyboard.press("Enter")
-    expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+    sign_up_with_keys(page, "tasten@example.com")
     assert db.session.scalar(select(PendingSignup.email)) == "tasten@example.com"
 
 
@@ -100,14 +105,7 @@ def test_a_reader_confirms_and_unsubscribes_with_the_keyboard_only(
     keyboard_page, live_server, work, smtp
 ):
     page = keyboard_page
-    page.goto("/?lang=en")
-    tab_to(page, "#email")
-    page.keyboard.type("tasten@example.com")
-    tab_to(page, "#consent")
-    page.keyboard.press("Space")
-    tab_to(page, "form button[type=submit]")
-    page.keyboard.press("Enter")
-    expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+    sign_up_with_keys(page, "tasten@example.com")
     work()
     page.goto(path_of(link_in(smtp.to("tasten@example.com")[-1].text, "confirm")))
     tab_to(page, "main form button[type=submit]")

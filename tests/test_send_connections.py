@@ -112,19 +112,25 @@ def wait_for_log(postfix, pattern: str, times: int) -> str:
         time.sleep(0.1)
 
 
+def send_through(app, work, port: int) -> int:
+    """Send a new campaign over the relay on ``port`` with burst workers; its id."""
+    mail_state = app.extensions["mail"]
+    saved = mail_state.port
+    mail_state.port = port
+    try:
+        campaign_id = add_campaign()
+        tick()
+        work()
+    finally:
+        mail_state.port = saved
+    return campaign_id
+
+
 def test_a_refused_rcpt_inside_a_pipelined_group_affects_only_that_reader(app, work):
     ids = add_subscribers(8)
     known = ", ".join(f"reader{i}@example.com=ok" for i in range(8) if i != 5)
     with throwaway_postfix(POSTFIX.format(known=known)) as postfix:
-        mail_state = app.extensions["mail"]
-        saved = mail_state.port
-        mail_state.port = postfix.port
-        try:
-            campaign_id = add_campaign()
-            tick()
-            work()
-        finally:
-            mail_state.port = saved
+        campaign_id = send_through(app, work, postfix.port)
         log = wait_for_log(postfix, r"status=sent", 7)
         log = wait_for_log(postfix, r"disconnect from .* ehlo=1", CONNECTIONS)
 
@@ -147,15 +153,7 @@ def test_a_relay_that_takes_fewer_connections_gets_the_send_on_those_it_took(app
     known = ", ".join(f"reader{i}@example.com=ok" for i in range(8))
     limit = "smtpd_client_connection_count_limit = 2\n"
     with throwaway_postfix(POSTFIX.format(known=known) + limit) as postfix:
-        mail_state = app.extensions["mail"]
-        saved = mail_state.port
-        mail_state.port = postfix.port
-        try:
-            campaign_id = add_campaign()
-            tick()
-            work()
-        finally:
-            mail_state.port = saved
+        campaign_id = send_through(app, work, postfix.port)
         log = wait_for_log(postfix, r"status=sent", 8)
 
     campaign = campaign_row(campaign_id)
