@@ -365,6 +365,7 @@ def bench(
     rtts: list[float],
     connection_counts: list[int],
     bilingual: bool = False,
+    batch_size: int | None = None,
 ) -> list:
     work_dir = Path(tempfile.mkdtemp(prefix="nl-bench-"))
     redis_dir = Path("/tmp") / f"nl-bench-redis-{os.getpid()}"
@@ -372,6 +373,9 @@ def bench(
     rows = []
     try:
         setup = Setup(database, work_dir, redis_url, sink_port, bilingual)
+        if batch_size:  # the fan-out (here) and the workers split alike
+            setup.environ["BATCH_SIZE"] = str(batch_size)
+            setup.app.config["BATCH_SIZE"] = batch_size
         base = dict(setup.environ)
         for n in sizes:
             setup.grow_to(n)
@@ -449,6 +453,9 @@ def main() -> None:
         default=[4],
         help="SMTP_CONNECTIONS values for the workers",
     )
+    parser.add_argument(
+        "--batch-size", type=int, help="BATCH_SIZE for the fan-out and the workers (default 500)"
+    )
     args = parser.parse_args()
 
     port = free_port()
@@ -468,6 +475,7 @@ def main() -> None:
                 args.rtt_ms,
                 args.connections,
                 args.bilingual,
+                args.batch_size,
             )
     finally:
         sink.terminate()

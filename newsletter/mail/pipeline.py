@@ -15,19 +15,11 @@ delivered), and ``OutcomeUnknown`` for a drop while waiting for the final dot's 
 the sending path catches.
 Reconnecting and retrying are the caller's business.
 
-How a batch run keeps N connections busy (for the code that wires this in):
-  * N threads (``SMTP_CONNECTIONS``), each owning one ``PipeliningConnection`` and its own
-    database session; socket waits release the GIL, so threads suffice.
-  * One shared ``queue.Queue`` of the batch's subscriber ids; each thread takes the next
-    id, renders that reader's copy, delivers it and records the outcome.
-  * Each connection checkpoints its own progress: it marks the id in flight before
-    ``deliver`` and settles it after, so at most one message per connection is in flight
-    and a killed worker resends at most N messages.
-  * We deliberately do not put the next MAIL FROM into the same write as the previous
-    message's final dot (RFC 2920 allows it; one round trip per message): it would put two
-    messages in flight on one connection.
-  * A shared ``threading.Event`` stops all threads (paused, lease lost); ``SEND_RATE``
-    stays a shared counter taken before each ``deliver``.
+Several connections at once are ``mail.connections``' business: it runs one of these per
+thread, one message at a time each. We deliberately do not put the next MAIL FROM into
+the same write as the previous message's final dot (RFC 2920 allows it; one round trip
+per message): it would put two messages in flight on one connection, and a killed worker
+could then have sent more than one message per connection that nobody recorded.
 """
 
 from __future__ import annotations
