@@ -28,6 +28,7 @@ CRLF = "\r\n"
 PREHEADER_SIZE = 110  # characters: about what mail clients show after the subject
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 UNSUBSCRIBE_PLACEHOLDER = "{{unsubscribe_url}}"
+EDITION_TEMPLATES = ("mail/edition.html", "mail/edition.txt")  # the frame of every edition
 
 
 class HeaderInjection(ValueError):
@@ -241,6 +242,7 @@ def edition_template(
         "preheader": preheader(text),
     }
     with i18n.force_locale(language):
-        html_document = render_template("mail/edition.html", body=html, **context)
-        text_document = render_template("mail/edition.txt", body=text, **context)
+        html_name, text_name = EDITION_TEMPLATES
+        html_document = render_template(html_name, body=html, **context)
+        text_document = render_template(text_name, body=text, **context)
     return MailTemplate(subject, text_document, html_document, newsletter_headers())
